@@ -1,0 +1,379 @@
+"""The deploy / smoke / rollback scripts, run against a fake kubectl.
+
+There is no cluster here: tests/fake_kubectl.py is put first on PATH as
+`kubectl`. It records every call and simulates rollout success or failure, so
+these tests check the scripts' own logic: what they apply, when they roll
+back, to which revision, and what they exit with. The manifests a script
+applies are still rendered by the real `kubectl kustomize` when it is installed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SCRIPTS = REPO_ROOT / "scripts"
+FAKE_KUBECTL = Path(__file__).with_name("fake_kubectl.py")
+REAL_KUBECTL = shutil.which("kubectl")
+OWN_SCRIPTS = ["deploy.sh", "rollback.sh", "smoke.sh", "release.sh"]
+
+DEPLOYMENT = """\
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: torchserve
+  namespace: catsdogs
+spec:
+  selector:
+    matchLabels: {app: torchserve}
+  template:
+    metadata:
+      labels: {app: torchserve}
+    spec:
+      containers:
+      - name: torchserve
+        image: catsdogs-serving:0.1.0
+"""
+
+FAKE_SMOKE = """\
+import json, os, sys
+with open(os.environ["FAKE_SMOKE_LOG"], "a") as log:
+    log.write(json.dumps(sys.argv[1:]) + "\\n")
+sys.exit(int(os.environ.get("FAKE_SMOKE_EXIT", "0")))
+"""
+
+
+class Cluster:
+    """The fake cluster's state, the calls kubectl received and the smoke test's calls."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.bin = root / "bin"
+        self.bin.mkdir()
+        self.state_file = root / "state.json"
+        self.log_file = root / "kubectl.log"
+        self.smoke_log = root / "smoke.log"
+        self.outputs = root / "github_output"
+        kubectl = self.bin / "kubectl"
+        kubectl.write_text(f'#!/bin/sh\nexec {sys.executable} {FAKE_KUBECTL} "$@"\n')
+        kubectl.chmod(kubectl.stat().st_mode | stat.S_IEXEC)
+        smoke = root / "fake_smoke.py"
+        smoke.write_text(FAKE_SMOKE)
+        self.overlay = root / "k8s" / "overlays" / "test"
+        self.overlay.mkdir(parents=True)
+        (self.overlay / "deployment.yaml").write_text(DEPLOYMENT)
+        (self.overlay / "kustomization.yaml").write_text("resources:\n- deployment.yaml\n")
+        self.env = {
+            **os.environ,
+            "PATH": f"{self.bin}{os.pathsep}{os.environ['PATH']}",
+            "FAKE_KUBECTL_STATE": str(self.state_file),
+            "FAKE_KUBECTL_LOG": str(self.log_file),
+            "FAKE_SMOKE_LOG": str(self.smoke_log),
+            "SMOKE_CMD": f"{sys.executable} {smoke}",
+            "GITHUB_OUTPUT": str(self.outputs),
+        }
+        self.env.pop("GITHUB_ACTIONS", None)
+        if REAL_KUBECTL:
+            self.env["REAL_KUBECTL"] = REAL_KUBECTL
+
+    def set(self, **state: object) -> None:
+        self.state_file.write_text(json.dumps(state))
+
+    @property
+    def state(self) -> dict:
+        return json.loads(self.state_file.read_text())
+
+    def calls(self) -> list[list[str]]:
+        if not self.log_file.exists():
+            return []
+        return [json.loads(line) for line in self.log_file.read_text().splitlines()]
+
+    def verbs(self) -> list[str]:
+        """Each call as 'verb subverb' without the namespace flag, e.g. 'rollout undo'."""
+        out = []
+        for call in self.calls():
+            args = list(call)
+            if "--namespace" in args:
+                i = args.index("--namespace")
+                del args[i : i + 2]
+            out.append(" ".join(args[:2]))
+        return out
+
+    def smoke_calls(self) -> list[list[str]]:
+        if not self.smoke_log.exists():
+            return []
+        return [json.loads(line) for line in self.smoke_log.read_text().splitlines()]
+
+    def run(self, script: str, *args: str, **env: str) -> subprocess.CompletedProcess:
+        return subprocess.run(
+            ["bash", str(SCRIPTS / script), *args],
+            env={**self.env, **env},
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=REPO_ROOT,
+        )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Cluster:
+    return Cluster(tmp_path)
+
+
+# --- deploy.sh ---------------------------------------------------------------------------
+
+
+def test_deploy_records_previous_revision_applies_and_waits(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=7)
+    result = cluster.run("deploy.sh", "--overlay", str(cluster.overlay))
+    assert result.returncode == 0, result.stderr
+    assert "previous_revision=7" in cluster.outputs.read_text().splitlines()
+    verbs = cluster.verbs()
+    assert verbs.index("apply -k") < verbs.index("rollout status")
+    assert cluster.state["revision"] == 8
+    assert "rollout undo" not in verbs
+
+
+def test_deploy_first_time_records_empty_previous_revision(cluster: Cluster) -> None:
+    cluster.set(exists=False)
+    result = cluster.run("deploy.sh", "--overlay", str(cluster.overlay))
+    assert result.returncode == 0, result.stderr
+    assert "previous_revision=" in cluster.outputs.read_text().splitlines()
+
+
+def test_deploy_overrides_image_and_stamps_release(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=1)
+    ref = "europe-west1-docker.pkg.dev/p/r/catsdogs-serving@sha256:" + "a" * 64
+    result = cluster.run(
+        "deploy.sh",
+        "--overlay",
+        str(cluster.overlay),
+        "--image",
+        f"catsdogs-serving={ref}",
+        "--release",
+        "abc123",
+    )
+    assert result.returncode == 0, result.stderr
+    kustomization = yaml.safe_load(cluster.state["applied_kustomization"])
+    assert kustomization["images"] == [
+        {
+            "name": "catsdogs-serving",
+            "newName": "europe-west1-docker.pkg.dev/p/r/catsdogs-serving",
+            "digest": "sha256:" + "a" * 64,
+        }
+    ]
+    if REAL_KUBECTL:
+        (deployment,) = yaml.safe_load_all(cluster.state["applied_manifests"])
+        template = deployment["spec"]["template"]
+        assert template["spec"]["containers"][0]["image"] == ref
+        assert template["metadata"]["annotations"]["catsdogs.io/release"] == "abc123"
+
+
+def test_deploy_image_with_tag(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=1)
+    result = cluster.run(
+        "deploy.sh",
+        "--overlay",
+        str(cluster.overlay),
+        "--image",
+        "catsdogs-serving=localhost:5000/catsdogs-serving:e2e",
+    )
+    assert result.returncode == 0, result.stderr
+    kustomization = yaml.safe_load(cluster.state["applied_kustomization"])
+    assert kustomization["images"][0]["newName"] == "localhost:5000/catsdogs-serving"
+    assert kustomization["images"][0]["newTag"] == "e2e"
+
+
+def test_deploy_rollout_timeout_exits_4_without_rolling_back(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=3, rollout_fails=True)
+    result = cluster.run("deploy.sh", "--overlay", str(cluster.overlay))
+    assert result.returncode == 4
+    assert "did not roll out" in result.stderr
+    assert "rollout undo" not in cluster.verbs()
+
+
+def test_deploy_apply_failure_exits_3(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=3, apply_fails=True)
+    result = cluster.run("deploy.sh", "--overlay", str(cluster.overlay))
+    assert result.returncode == 3
+    assert "rollout status" not in cluster.verbs()
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["--overlay", "/nonexistent"],
+        ["--overlay", "OVERLAY", "--image", "no-equals-sign"],
+        ["--overlay", "OVERLAY", "--release", "bad release; rm -rf /"],
+        ["--bogus"],
+    ],
+)
+def test_deploy_bad_usage_exits_2_before_touching_the_cluster(cluster: Cluster, args) -> None:
+    cluster.set(exists=True, revision=1)
+    args = [str(cluster.overlay) if a == "OVERLAY" else a for a in args]
+    result = cluster.run("deploy.sh", *args)
+    assert result.returncode == 2, result.stderr
+    assert "apply -k" not in cluster.verbs()
+
+
+# --- rollback.sh -------------------------------------------------------------------------
+
+
+def test_rollback_undoes_to_recorded_revision(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=8)
+    result = cluster.run("rollback.sh", "--to-revision", "7")
+    assert result.returncode == 0, result.stderr
+    assert cluster.state["undone_to"] == 7
+    assert cluster.verbs()[-1] == "rollout status"
+
+
+def test_rollback_is_a_no_op_when_release_was_never_applied(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=7)
+    result = cluster.run("rollback.sh", "--to-revision", "7")
+    assert result.returncode == 0, result.stderr
+    assert "rollout undo" not in cluster.verbs()
+    assert "nothing to undo" in result.stdout
+
+
+def test_rollback_without_previous_revision_fails_visibly(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=1)
+    result = cluster.run("rollback.sh", "--to-revision", "")
+    assert result.returncode == 1
+    assert "nothing to roll back to" in result.stderr
+    assert "rollout undo" not in cluster.verbs()
+
+
+def test_rollback_that_does_not_roll_out_fails(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=8, rollout_fails="after_undo")
+    result = cluster.run("rollback.sh", "--to-revision", "7")
+    assert result.returncode == 1
+    assert cluster.state["undone_to"] == 7
+
+
+@pytest.mark.parametrize("args", [[], ["--to-revision", "seven"], ["--what"]])
+def test_rollback_bad_usage(cluster: Cluster, args) -> None:
+    cluster.set(exists=True, revision=8)
+    assert cluster.run("rollback.sh", *args).returncode == 2
+    assert "rollout undo" not in cluster.verbs()
+
+
+# --- smoke.sh ----------------------------------------------------------------------------
+
+
+def test_smoke_port_forwards_a_ready_pod_and_passes_the_token(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=2)
+    result = cluster.run("smoke.sh", "--", "--timeout", "30")
+    assert result.returncode == 0, result.stderr
+    forward = next(c for c in cluster.calls() if "port-forward" in c)
+    assert "pod/torchserve-new" in forward  # the terminating pod is skipped
+    assert forward[-3:] == [":8080", ":8081", ":8082"]
+    (args,) = cluster.smoke_calls()
+    assert args[args.index("--url") + 1] == "http://127.0.0.1:18080"
+    assert args[args.index("--management-url") + 1] == "http://127.0.0.1:18081"
+    assert args[args.index("--metrics-url") + 1] == "http://127.0.0.1:18082"
+    assert args[args.index("--token") + 1] == "fake-inference-key"
+    assert args[-2:] == ["--timeout", "30"]
+    assert "fake-inference-key" not in result.stdout + result.stderr
+
+
+def test_smoke_masks_token_in_github_actions(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=2)
+    result = cluster.run("smoke.sh", GITHUB_ACTIONS="true")
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "::add-mask::fake-inference-key" in lines
+    assert sum("fake-inference-key" in line for line in lines) == 1
+
+
+def test_smoke_without_token(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=2)
+    result = cluster.run("smoke.sh", "--no-token", "--ports", "8080")
+    assert result.returncode == 0, result.stderr
+    (args,) = cluster.smoke_calls()
+    assert "--token" not in args and "--management-url" not in args
+    assert "exec" not in cluster.verbs()
+
+
+def test_smoke_failure_propagates_exit_status(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=2)
+    result = cluster.run("smoke.sh", FAKE_SMOKE_EXIT="3")
+    assert result.returncode == 3
+    assert "FAILED the smoke test" in result.stderr
+
+
+def test_smoke_without_ready_pod_exits_5(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=2, pod_ready=False)
+    result = cluster.run("smoke.sh")
+    assert result.returncode == 5
+    assert cluster.smoke_calls() == []
+
+
+# --- release.sh: deploy, smoke, automatic rollback ---------------------------------------
+
+
+def test_release_success_does_not_roll_back(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=4)
+    result = cluster.run("release.sh", "--overlay", str(cluster.overlay), "--release", "r1")
+    assert result.returncode == 0, result.stderr
+    assert len(cluster.smoke_calls()) == 1
+    assert "rollout undo" not in cluster.verbs()
+    assert cluster.state["revision"] == 5
+
+
+def test_release_rolls_back_when_rollout_fails(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=4, rollout_fails="until_undo")
+    result = cluster.run("release.sh", "--overlay", str(cluster.overlay))
+    assert result.returncode == 4
+    assert cluster.state["undone_to"] == 4
+    assert cluster.smoke_calls() == []
+    assert "rolling back to revision '4'" in result.stderr
+
+
+def test_release_rolls_back_when_smoke_test_fails(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=4)
+    result = cluster.run("release.sh", "--overlay", str(cluster.overlay), FAKE_SMOKE_EXIT="1")
+    assert result.returncode == 1
+    assert cluster.state["undone_to"] == 4
+    verbs = cluster.verbs()
+    assert verbs.index("port-forward pod/torchserve-new") < verbs.index("rollout undo")
+
+
+def test_release_first_deployment_failure_has_nothing_to_roll_back(cluster: Cluster) -> None:
+    cluster.set(exists=False)
+    result = cluster.run("release.sh", "--overlay", str(cluster.overlay), FAKE_SMOKE_EXIT="1")
+    assert result.returncode == 1
+    assert "nothing to roll back to" in result.stderr
+    assert "rollout undo" not in cluster.verbs()
+
+
+# --- hygiene -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", OWN_SCRIPTS)
+def test_script_is_strict_and_executable(name: str) -> None:
+    path = SCRIPTS / name
+    assert path.exists(), f"scripts/{name} missing"
+    text = path.read_text()
+    assert text.startswith("#!/usr/bin/env bash\n")
+    assert "set -euo pipefail" in text
+    assert os.access(path, os.X_OK), f"scripts/{name} is not executable"
+    assert "set -x" not in text, "tracing would print tokens and secrets"
+
+
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+def test_shellcheck_clean() -> None:
+    scripts = [str(SCRIPTS / name) for name in OWN_SCRIPTS if (SCRIPTS / name).exists()]
+    result = subprocess.run(
+        ["shellcheck", "--severity=style", *scripts], capture_output=True, text=True
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
