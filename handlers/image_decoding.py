@@ -103,9 +103,7 @@ def _open_checked(data: bytes, fmt: str, max_pixels: int, min_side: int) -> Imag
     except Image.DecompressionBombError as exc:
         raise ImageDecodeError("image_too_large", str(exc)) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise ImageDecodeError(
-            "corrupt_image", f"the {fmt} header cannot be read ({exc})"
-        ) from exc
+        raise ImageDecodeError("corrupt_image", f"the {fmt} header cannot be read ({exc})") from exc
     width, height = image.size
     if width * height > max_pixels:
         raise ImageDecodeError(

@@ -79,9 +79,7 @@ class MBConvBlock(nn.Module):
         if self.expand:
             self._expand_conv = SameConv2d(c_in, hidden, 1, bias=False)
             self._bn0 = _bn(hidden)
-        self._depthwise_conv = SameConv2d(
-            hidden, hidden, kernel, stride=stride, groups=hidden, bias=False
-        )
+        self._depthwise_conv = SameConv2d(hidden, hidden, kernel, stride=stride, groups=hidden, bias=False)
         self._bn1 = _bn(hidden)
         self._project_conv = SameConv2d(hidden, c_out, 1, bias=False)
         self._bn2 = _bn(c_out)
@@ -129,16 +127,25 @@ class EfficientNetLite0(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        """Pooled 1280-d embedding: what the classifier (and a linear probe) sees."""
+    def forward_trunk(self, x: torch.Tensor, blocks: int) -> torch.Tensor:
+        """Stem plus the first ``blocks`` blocks: the frozen part whose output training caches."""
         x = F.relu6(self._bn0(self._conv_stem(x)))
-        for block in self._blocks:
+        for block in self._blocks[:blocks]:
+            x = block(x)
+        return x
+
+    def forward_tail(self, x: torch.Tensor, start: int) -> torch.Tensor:
+        """Blocks from ``start`` on, head and classifier: the fine-tuned part."""
+        for block in self._blocks[start:]:
             x = block(x)
         x = F.relu6(self._bn1(self._conv_head(x)))
-        return x.mean(dim=(2, 3))
+        return self.classifier(self.dropout(x.mean(dim=(2, 3))))
+
+    def tail_modules(self, start: int) -> list[nn.Module]:
+        return [*self._blocks[start:], self._conv_head, self._bn1, self.classifier]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.features(x)))
+        return self.forward_tail(self.forward_trunk(x, len(self._blocks)), len(self._blocks))
 
 
 # ---------------------------------------------------------------- small CNN
@@ -165,11 +172,8 @@ class SimpleCNN(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.classifier = nn.Linear(self.feature_dim, num_classes)
 
-    def features(self, x: torch.Tensor) -> torch.Tensor:
-        return self.body(x).mean(dim=(2, 3))
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.dropout(self.features(x)))
+        return self.classifier(self.dropout(self.body(x).mean(dim=(2, 3))))
 
 
 # ---------------------------------------------------------------- construction
@@ -226,9 +230,7 @@ def save_bundle(model: nn.Module, metadata: ModelMetadata, path: str | Path) -> 
 def model_from_bundle(bundle: dict[str, Any]) -> tuple[nn.Module, ModelMetadata]:
     """Rebuild an eval-mode model from a bundle dict."""
     if bundle.get("format") != BUNDLE_FORMAT:
-        raise ValueError(
-            f"not a model bundle (format {bundle.get('format')!r}, expected {BUNDLE_FORMAT!r})"
-        )
+        raise ValueError(f"not a model bundle (format {bundle.get('format')!r}, expected {BUNDLE_FORMAT!r})")
     metadata = ModelMetadata.from_dict(bundle["metadata"])
     model = build_model(metadata.architecture, len(metadata.class_names))
     model.load_state_dict(bundle["state_dict"])

@@ -18,9 +18,7 @@ from handlers.image_decoding import decode_image
 Transform = Callable[[Image.Image], torch.Tensor]
 
 
-def eval_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float]
-) -> Transform:
+def eval_transform(image_size: int, mean: Sequence[float], std: Sequence[float]) -> Transform:
     """Deterministic resize (whole image, no crop: a dog at the edge stays in) + normalise."""
     return transforms.Compose(
         [
@@ -31,9 +29,7 @@ def eval_transform(
     )
 
 
-def train_transform(
-    image_size: int, mean: Sequence[float], std: Sequence[float], augment: bool
-) -> Transform:
+def train_transform(image_size: int, mean: Sequence[float], std: Sequence[float], augment: bool) -> Transform:
     """Light augmentation around the eval transform; identical to it when augment is off."""
     if not augment:
         return eval_transform(image_size, mean, std)

@@ -38,9 +38,7 @@ def session_dir() -> Path:
 @pytest.fixture(scope="session")
 def petimages_dir() -> Path:
     """Real photos, read-only, from CATSDOGS_PETIMAGES (default ../shared/datasets/petimages)."""
-    path = Path(
-        os.environ.get("CATSDOGS_PETIMAGES", REPO_ROOT.parent / "shared" / "datasets" / "petimages")
-    )
+    path = Path(os.environ.get("CATSDOGS_PETIMAGES", REPO_ROOT.parent / "shared" / "datasets" / "petimages"))
     if not (path / "Cat").is_dir():
         pytest.fail(f"real photos not found at {path}; set CATSDOGS_PETIMAGES to the petimages folder")
     return path

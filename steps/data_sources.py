@@ -1,0 +1,320 @@
+"""Where photos come from: a local folder, a ``gs://`` prefix or an ``https://`` zip.
+
+Each source is reduced to a list of ``SourceFile`` (uri + class folder), read
+through ``read_bytes``. Remote bytes are fetched once into a local cache:
+GCS objects keyed by their generation (a changed object is fetched again),
+zips by URL and checksum. A fingerprint of the source is computed cheaply
+(listing, sizes, mtimes or generations) so ZenML can cache ingest exactly when
+the data did not change.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import re
+import shutil
+import time
+import urllib.error
+import urllib.request
+import zipfile
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from tqdm.auto import tqdm
+
+from handlers.model_spec import CLASS_NAMES
+
+logger = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".gif", ".bmp", ".webp", ".tif", ".tiff"}
+GCS_THREADS = 16
+T = TypeVar("T")
+
+
+class DataSourceError(RuntimeError):
+    """The data source cannot be used; the message says what to do."""
+
+
+@dataclass(frozen=True)
+class SourceFile:
+    uri: str  # local path or gs://bucket/object
+    label: str  # one of CLASS_NAMES
+    size: int
+    version: str  # mtime for files, generation for GCS objects
+
+
+def cache_root() -> Path:
+    """Downloads and extracted archives live here (git-ignored, reused across runs)."""
+    default = Path(__file__).resolve().parents[1] / "runs" / "cache"
+    return Path(os.environ.get("CATSDOGS_CACHE_DIR", default))
+
+
+def label_for_folder(name: str) -> str | None:
+    """'Cat', 'cats', 'DOGS' -> 'cat' / 'dog'; anything else -> None."""
+    key = name.strip().lower()
+    for label in CLASS_NAMES:
+        if key in (label, label + "s"):
+            return label
+    return None
+
+
+def is_candidate_image(name: str) -> bool:
+    """Image-named files are ingested (and sniffed); Thumbs.db, .DS_Store and the like are skipped."""
+    return not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES
+
+
+def _natural_key(name: str) -> list[Any]:
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+# ---------------------------------------------------------------- listing
+
+
+def list_source(source: str, source_sha256: str | None = None) -> tuple[list[SourceFile], list[str]]:
+    """All class-folder files of a source, plus the paths of skipped non-image files."""
+    if source.startswith("gs://"):
+        return _list_gcs(source)
+    if source.startswith(("https://", "http://")):
+        return _list_folder(_extracted_zip(source, source_sha256))
+    return _list_folder(Path(source).expanduser())
+
+
+def _find_class_root(entries: dict[str, list[str]], described: str) -> dict[str, str]:
+    """Map label -> class folder name among ``entries`` (folder -> its subfolders)."""
+    found = {label_for_folder(name): name for name in entries if label_for_folder(name)}
+    if not found:
+        raise DataSourceError(
+            f"no Cat/ or Dog/ folder in {described} (found: {sorted(entries)[:10] or 'nothing'}); "
+            "lay the photos out as <root>/Cat/*.jpg and <root>/Dog/*.jpg"
+        )
+    return found
+
+
+def _list_folder(root: Path) -> tuple[list[SourceFile], list[str]]:
+    if not root.exists():
+        raise DataSourceError(
+            f"data source {root} does not exist; pass DATA=<folder | gs://bucket/prefix | https://...zip>"
+        )
+    if not root.is_dir():
+        raise DataSourceError(f"data source {root} is not a folder; pass the folder that holds Cat/ and Dog/")
+    # Accept <root>/Cat and also <root>/PetImages/Cat (the layout of the public zip).
+    for candidate in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
+        subdirs = {p.name: p for p in candidate.iterdir() if p.is_dir()}
+        if any(label_for_folder(n) for n in subdirs):
+            break
+    folders = _find_class_root({n: [] for n in subdirs}, str(root))
+    files: list[SourceFile] = []
+    skipped: list[str] = []
+    for label, folder in sorted(folders.items()):
+        for path in sorted(subdirs[folder].iterdir(), key=lambda p: _natural_key(p.name)):
+            if not path.is_file():
+                continue
+            if not is_candidate_image(path.name):
+                skipped.append(str(path))
+                continue
+            stat = path.stat()
+            files.append(SourceFile(str(path), label, stat.st_size, str(stat.st_mtime_ns)))
+    return files, skipped
+
+
+def _gcs_filesystem() -> Any:
+    import gcsfs  # training-side dependency only
+
+    return gcsfs.GCSFileSystem()
+
+
+def _list_gcs(source: str) -> tuple[list[SourceFile], list[str]]:
+    fs = _gcs_filesystem()
+    prefix = source.removeprefix("gs://").rstrip("/")
+    try:
+        entries = fs.find(prefix, detail=True)
+    except FileNotFoundError as exc:
+        raise DataSourceError(f"bucket or prefix {source} not found; check the name ({exc})") from None
+    except Exception as exc:  # gcsfs raises many types: auth, HTTP, connection
+        raise DataSourceError(
+            f"cannot list {source}: {type(exc).__name__}: {exc}. Check the bucket name, your "
+            "credentials (gcloud auth application-default login) or STORAGE_EMULATOR_HOST"
+        ) from None
+    by_folder: dict[str, list[tuple[str, dict[str, Any]]]] = {}
+    skipped: list[str] = []
+    for name, info in entries.items():
+        rel = name[len(prefix) :].lstrip("/")
+        parts = rel.split("/")
+        # <prefix>/Cat/x.jpg or <prefix>/PetImages/Cat/x.jpg
+        folder_idx = next((i for i, p in enumerate(parts[:-1]) if label_for_folder(p)), None)
+        if folder_idx is None:
+            continue
+        if not is_candidate_image(parts[-1]):
+            skipped.append("gs://" + name)
+            continue
+        by_folder.setdefault(parts[folder_idx], []).append((name, info))
+    folders = _find_class_root({f: [] for f in by_folder}, source)
+    files = []
+    for label, folder in sorted(folders.items()):
+        for name, info in sorted(by_folder[folder], key=lambda e: _natural_key(e[0])):
+            version = str(info.get("generation") or info.get("md5Hash") or info.get("etag") or "")
+            files.append(SourceFile("gs://" + name, label, int(info.get("size") or 0), version))
+    return files, skipped
+
+
+def fingerprint(files: Iterable[SourceFile], extra: str = "") -> str:
+    """Changes whenever any file is added, removed, resized, rewritten or relabelled."""
+    digest = hashlib.sha256(extra.encode())
+    for f in files:
+        digest.update(f"{f.uri}\0{f.label}\0{f.size}\0{f.version}\n".encode())
+    return digest.hexdigest()[:16]
+
+
+def source_fingerprint(
+    source: str, source_sha256: str | None = None, limit_per_class: int | None = None
+) -> str:
+    """Cheap identity of a source's current content, computed before the run starts."""
+    if source.startswith(("https://", "http://")):
+        return hashlib.sha256(f"{source}\0{source_sha256}".encode()).hexdigest()[:16]
+    files, skipped = list_source(source)
+    return fingerprint(select_per_class(files, limit_per_class), extra=f"{len(skipped)}")
+
+
+def select_per_class(files: list[SourceFile], limit_per_class: int | None) -> list[SourceFile]:
+    """The first N files of each class in listing order (which is natural file-name order)."""
+    if limit_per_class is None:
+        return files
+    taken: dict[str, int] = {}
+    chosen = []
+    for f in files:
+        if taken.get(f.label, 0) < limit_per_class:
+            taken[f.label] = taken.get(f.label, 0) + 1
+            chosen.append(f)
+    return chosen
+
+
+# ---------------------------------------------------------------- reading
+
+
+def _gcs_cache_path(uri: str, version: str) -> Path:
+    safe = hashlib.sha256(f"{uri}@{version}".encode()).hexdigest()
+    return cache_root() / "gcs" / safe[:2] / safe
+
+
+def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 0.5) -> T:
+    """Retry transient failures (HTTP 5xx, 429, connection resets) with exponential backoff."""
+    for attempt in range(1, attempts + 1):
+        try:
+            return fn()
+        except (FileNotFoundError, PermissionError):
+            raise
+        except Exception as exc:
+            if attempt == attempts or not _is_transient(exc):
+                raise
+            delay = base_delay * 2 ** (attempt - 1)
+            logger.warning("%s failed (%s); retrying in %.1fs", what, exc, delay)
+            time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _is_transient(exc: Exception) -> bool:
+    text = f"{type(exc).__name__} {exc}"
+    return any(t in text for t in ("503", "502", "500", "429", "Timeout", "timed out", "Connection", "reset"))
+
+
+def read_bytes(uri: str, version: str = "") -> bytes:
+    """Bytes of a local file or GCS object (GCS: through the local cache)."""
+    if not uri.startswith("gs://"):
+        return Path(uri).read_bytes()
+    cached = _gcs_cache_path(uri, version)
+    if cached.exists():
+        return cached.read_bytes()
+    data = with_retries(lambda: _gcs_filesystem().cat_file(uri.removeprefix("gs://")), f"reading {uri}")
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    tmp = cached.with_suffix(".part")
+    tmp.write_bytes(data)
+    tmp.replace(cached)
+    return data
+
+
+def prefetch(files: list[SourceFile]) -> None:
+    """Download GCS objects in parallel threads into the cache (no-op for local files)."""
+    remote = [
+        f for f in files if f.uri.startswith("gs://") and not _gcs_cache_path(f.uri, f.version).exists()
+    ]
+    if not remote:
+        return
+    with ThreadPoolExecutor(GCS_THREADS) as pool:
+        jobs = pool.map(_prefetch_one, remote)
+        for _ in tqdm(jobs, total=len(remote), desc="download gs://", unit="file"):
+            pass
+
+
+def _prefetch_one(f: SourceFile) -> None:
+    try:
+        read_bytes(f.uri, f.version)
+    except FileNotFoundError:
+        logger.warning("%s vanished after listing; it will be reported as missing", f.uri)
+
+
+# ---------------------------------------------------------------- https zip
+
+
+def _extracted_zip(url: str, expected_sha256: str | None) -> Path:
+    """Download (once) and extract (once) a zip; verify its sha256 when one is pinned."""
+    key = hashlib.sha256(url.encode()).hexdigest()[:16]
+    folder = cache_root() / "downloads" / key
+    archive, extracted = folder / "archive.zip", folder / "extracted"
+    done = folder / "extracted.ok"
+    if done.exists():
+        return extracted
+    folder.mkdir(parents=True, exist_ok=True)
+    if not archive.exists():
+        _download(url, archive)
+    actual = _sha256_file(archive)
+    recorded = folder / "archive.sha256"
+    if expected_sha256 and actual != expected_sha256.lower():
+        archive.unlink()
+        raise DataSourceError(
+            f"{url} downloaded with sha256 {actual}, expected {expected_sha256}; "
+            "the file changed or the download is corrupt (deleted; run again)"
+        )
+    if recorded.exists() and recorded.read_text().strip() != actual:
+        raise DataSourceError(f"cached {archive} no longer matches its recorded checksum; delete {folder}")
+    recorded.write_text(actual + "\n")
+    logger.info("extracting %s (sha256 %s)", archive, actual)
+    shutil.rmtree(extracted, ignore_errors=True)
+    try:
+        with zipfile.ZipFile(archive) as zf:
+            zf.extractall(extracted)
+    except zipfile.BadZipFile:
+        archive.unlink()
+        raise DataSourceError(f"{url} is not a valid zip file (deleted the download)") from None
+    done.touch()
+    return extracted
+
+
+def _sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _download(url: str, target: Path) -> None:
+    partial = target.with_suffix(".part")
+    try:
+        with urllib.request.urlopen(url, timeout=20) as response, partial.open("wb") as out:
+            total = int(response.headers.get("Content-Length") or 0) or None
+            with tqdm(total=total, unit="B", unit_scale=True, desc=f"download {Path(url).name}") as bar:
+                for chunk in iter(lambda: response.read(1 << 20), b""):
+                    out.write(chunk)
+                    bar.update(len(chunk))
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        partial.unlink(missing_ok=True)
+        raise DataSourceError(
+            f"cannot download {url} ({exc}); without network pass a local copy: "
+            "make run DATA=<folder with Cat/ and Dog/>"
+        ) from None
+    partial.replace(target)
