@@ -4,12 +4,14 @@
 #   scripts/deploy.sh --overlay k8s/overlays/gcp \
 #       [--namespace catsdogs] [--deployment torchserve] \
 #       [--image catsdogs-serving=REGISTRY/catsdogs-serving@sha256:...]... \
-#       [--release ID] [--timeout 600s] [--outputs FILE]
+#       [--release ID] [--timeout 600s] [--outputs FILE] [--record-only]
 #
 # Before applying, the Deployment's current revision is recorded as
-# `previous_revision=N` in the outputs file (default: $GITHUB_OUTPUT, so a later
-# job can roll back to it with scripts/rollback.sh --to-revision N). It is
-# empty on the very first deployment.
+# `previous_revision=N` and `recorded=true` in the outputs file (default:
+# $GITHUB_OUTPUT, so a later job can roll back to it with
+# scripts/rollback.sh --to-revision N). N is empty on the very first
+# deployment. --record-only stops there (a workflow records in its own step,
+# so the rollback target is known even when the apply step fails).
 #
 # --image NAME=REF overrides an image of the overlay (kustomize `images:`);
 # --release ID is written into the pod template as the annotation
@@ -28,6 +30,7 @@ timeout="${ROLLOUT_TIMEOUT:-600s}"
 release=""
 outputs="${GITHUB_OUTPUT:-/dev/null}"
 images=()
+record_only=false
 
 die() { echo "deploy: $*" >&2; exit 2; }
 
@@ -40,7 +43,8 @@ while [[ $# -gt 0 ]]; do
     --release) release="${2:?}"; shift 2 ;;
     --timeout) timeout="${2:?}"; shift 2 ;;
     --outputs) outputs="${2:?}"; shift 2 ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    --record-only) record_only=true; shift ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -54,8 +58,12 @@ done
 previous_revision="$(kubectl --namespace "$namespace" get deployment "$deployment" \
   --ignore-not-found \
   -o jsonpath='{.metadata.annotations.deployment\.kubernetes\.io/revision}')"
-echo "previous_revision=${previous_revision}" >> "$outputs"
+{
+  echo "previous_revision=${previous_revision}"
+  echo "recorded=true"
+} >> "$outputs"
 echo "deploy: ${namespace}/${deployment} is at revision '${previous_revision:-none}' before this release"
+$record_only && exit 0
 
 # 2. Layer the image overrides and the release annotation over the overlay, in
 #    a throwaway kustomization (kustomize only accepts relative paths to it).

@@ -24,7 +24,16 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
 FAKE_KUBECTL = Path(__file__).with_name("fake_kubectl.py")
 REAL_KUBECTL = shutil.which("kubectl")
-OWN_SCRIPTS = ["deploy.sh", "rollback.sh", "smoke.sh", "release.sh"]
+OWN_SCRIPTS = [
+    "deploy.sh",
+    "rollback.sh",
+    "smoke.sh",
+    "release.sh",
+    "kind_e2e.sh",
+    "ci_env.sh",
+    "run_training_pipeline.sh",
+    "validate_manifests.sh",
+]
 
 DEPLOYMENT = """\
 apiVersion: apps/v1
@@ -141,6 +150,14 @@ def test_deploy_records_previous_revision_applies_and_waits(cluster: Cluster) ->
     assert verbs.index("apply -k") < verbs.index("rollout status")
     assert cluster.state["revision"] == 8
     assert "rollout undo" not in verbs
+
+
+def test_deploy_record_only_touches_nothing(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=5)
+    result = cluster.run("deploy.sh", "--overlay", str(cluster.overlay), "--record-only")
+    assert result.returncode == 0, result.stderr
+    assert cluster.outputs.read_text().splitlines() == ["previous_revision=5", "recorded=true"]
+    assert cluster.verbs() == ["get deployment"]
 
 
 def test_deploy_first_time_records_empty_previous_revision(cluster: Cluster) -> None:
@@ -356,6 +373,220 @@ def test_release_first_deployment_failure_has_nothing_to_roll_back(cluster: Clus
     assert "rollout undo" not in cluster.verbs()
 
 
+# --- ci_env.sh ---------------------------------------------------------------------------
+
+GCP_ENV = """\
+# comment
+GCP_PROJECT=my-proj
+GCP_REGION=us-central1
+GCS_BUCKET=my-bucket
+GKE_CLUSTER=prod
+AR_REPOSITORY=images
+K8S_NAMESPACE=catsdogs
+MODEL_NAME=catsdogs
+MODEL_VERSION=3
+"""
+
+
+def run_ci_env(tmp_path: Path, text: str, *args: str) -> subprocess.CompletedProcess:
+    env_file = tmp_path / "gcp.env"
+    env_file.write_text(text)
+    return subprocess.run(
+        ["bash", str(SCRIPTS / "ci_env.sh"), "--env-file", str(env_file), *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+    )
+
+
+def test_ci_env_derives_registry_image_and_context(tmp_path: Path) -> None:
+    result = run_ci_env(tmp_path, GCP_ENV, "--sha", "0123456789abcdef0123456789abcdef01234567")
+    assert result.returncode == 0, result.stderr
+    values = dict(line.split("=", 1) for line in result.stdout.splitlines())
+    assert values["GCP_PROJECT"] == "my-proj"
+    assert values["AR_REGISTRY"] == "us-central1-docker.pkg.dev"
+    assert values["SERVING_IMAGE_REPO"] == "us-central1-docker.pkg.dev/my-proj/images/catsdogs-serving"
+    assert values["IMAGE_TAG"] == "git-0123456789ab"
+    assert values["KUBE_CONTEXT"] == "gke_my-proj_us-central1_prod"
+
+
+def test_ci_env_reads_the_real_settings_file() -> None:
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "ci_env.sh"), "--sha", "a" * 40],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        cwd=REPO_ROOT,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "IMAGE_TAG=git-aaaaaaaaaaaa" in result.stdout.splitlines()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        GCP_ENV.replace("GKE_CLUSTER=prod\n", ""),  # missing key
+        GCP_ENV + "EXTRA=$(curl evil)\n",  # shell syntax
+        GCP_ENV.replace("prod", "prod x"),  # a space
+        GCP_ENV + "not a line\n",
+    ],
+)
+def test_ci_env_rejects_bad_settings(tmp_path: Path, text: str) -> None:
+    result = run_ci_env(tmp_path, text, "--sha", "a" * 40)
+    assert result.returncode == 2
+    assert result.stdout == ""
+
+
+def test_ci_env_rejects_a_bad_sha(tmp_path: Path) -> None:
+    assert run_ci_env(tmp_path, GCP_ENV, "--sha", "main; rm -rf /").returncode == 2
+
+
+# --- run_training_pipeline.sh --------------------------------------------------------------
+
+FAKE_ZENML = """\
+#!/bin/sh
+echo "$*" >> "$FAKE_ZENML_LOG"
+case "$1 $2" in
+  "stack set") [ -f "$FAKE_ZENML_DIR/stack_exists" ] || exit 1 ;;
+  "stack import") touch "$FAKE_ZENML_DIR/stack_exists" ;;
+  "pipeline run") exit "${FAKE_PIPELINE_EXIT:-0}" ;;
+esac
+"""
+
+
+@pytest.fixture
+def zenml(tmp_path: Path) -> dict[str, str]:
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    fake = bin_dir / "zenml"
+    fake.write_text(FAKE_ZENML)
+    fake.chmod(0o755)
+    return {
+        **os.environ,
+        "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "FAKE_ZENML_LOG": str(tmp_path / "zenml.log"),
+        "FAKE_ZENML_DIR": str(tmp_path),
+        "GITHUB_OUTPUT": str(tmp_path / "outputs"),
+        "ZENML_STORE_URL": "https://zenml.example.com",
+        "ZENML_STORE_API_KEY": "zenml-key-never-printed",
+    }
+
+
+def run_pipeline_script(env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        ["bash", str(SCRIPTS / "run_training_pipeline.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO_ROOT,
+    )
+
+
+def zenml_calls(env: dict[str, str]) -> list[str]:
+    log = Path(env["FAKE_ZENML_LOG"])
+    return log.read_text().splitlines() if log.exists() else []
+
+
+def test_pipeline_imports_the_stack_once_then_runs(zenml: dict[str, str], tmp_path: Path) -> None:
+    stack = yaml.safe_load((REPO_ROOT / "zenml_stack.yaml").read_text())["stack_name"]
+    result = run_pipeline_script(zenml)
+    assert result.returncode == 0, result.stderr
+    assert zenml_calls(zenml) == [
+        f"stack set {stack}",
+        f"stack import {stack} -f zenml_stack.yaml",
+        f"stack set {stack}",
+        "pipeline run pipelines.training.training_pipeline -c configs/gcp.yaml",
+    ]
+    assert "pipeline_passed=true" in (tmp_path / "outputs").read_text().splitlines()
+    assert "zenml-key-never-printed" not in result.stdout + result.stderr
+    # Second run: the stack is on the server already.
+    Path(zenml["FAKE_ZENML_LOG"]).unlink()
+    assert run_pipeline_script(zenml).returncode == 0
+    assert zenml_calls(zenml)[0] == f"stack set {stack}"
+    assert not any("import" in call for call in zenml_calls(zenml))
+
+
+def test_failed_quality_gate_stops_the_release(zenml: dict[str, str], tmp_path: Path) -> None:
+    result = run_pipeline_script({**zenml, "FAKE_PIPELINE_EXIT": "1"})
+    assert result.returncode == 6
+    assert "quality gate" in result.stderr
+    outputs = tmp_path / "outputs"
+    assert not outputs.exists() or "pipeline_passed" not in outputs.read_text()
+
+
+@pytest.mark.parametrize("missing", ["ZENML_STORE_URL", "ZENML_STORE_API_KEY"])
+def test_pipeline_needs_the_zenml_server(zenml: dict[str, str], missing: str) -> None:
+    env = dict(zenml)
+    del env[missing]
+    result = run_pipeline_script(env)
+    assert result.returncode == 2
+    assert missing in result.stderr
+    assert zenml_calls(env) == []
+
+
+# --- kind_e2e.sh -----------------------------------------------------------------------------
+
+
+def test_kind_e2e_builds_loads_deploys_and_smoke_tests(cluster: Cluster, tmp_path: Path) -> None:
+    """The whole kind flow with fake docker and kind, in a scratch checkout."""
+    checkout = tmp_path / "checkout"
+    (checkout / "docker").mkdir(parents=True)
+    (checkout / "docker" / "serving.Dockerfile").write_text("FROM scratch\n")
+    shutil.copytree(cluster.overlay, checkout / "k8s" / "overlays" / "kind")
+    mar = tmp_path / "catsdogs_e2e.mar"
+    mar.write_bytes(b"PK fake archive")
+    tools_log = tmp_path / "tools.log"
+    for tool, body in {
+        "docker": 'echo "docker $*" >> "$TOOLS_LOG"; '
+        'for a in "$@"; do case "$a" in */Dockerfile) cat "$a" >> "$TOOLS_LOG";; esac; done',
+        "kind": 'echo "kind $*" >> "$TOOLS_LOG"; [ "$1" = get ] && echo catsdogs-e2e; true',
+    }.items():
+        path = cluster.bin / tool
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    # `kubectl config use-context` is not in the fake kubectl: wrap it.
+    real_fake = cluster.bin / "kubectl"
+    real_fake.rename(cluster.bin / "kubectl-fake")
+    wrapper = cluster.bin / "kubectl"
+    wrapper.write_text(
+        '#!/bin/sh\n[ "$1" = config ] && { echo "kubectl $*" >> "$TOOLS_LOG"; exit 0; }\n'
+        f'exec {cluster.bin / "kubectl-fake"} "$@"\n'
+    )
+    wrapper.chmod(0o755)
+    cluster.set(exists=True, revision=2)
+    result = subprocess.run(
+        ["bash", str(SCRIPTS / "kind_e2e.sh"), "--mar", str(mar)],
+        env={**cluster.env, "TOOLS_LOG": str(tools_log)},
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=checkout,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    log = tools_log.read_text()
+    assert "docker build --file docker/serving.Dockerfile --tag catsdogs-serving:e2e-local-base ." in log
+    assert "COPY --chmod=0444 model.mar /home/model-server/model-store/catsdogs_e2e.mar" in log
+    assert "kind load docker-image catsdogs-serving:e2e-local --name catsdogs-e2e" in log
+    assert "kubectl config use-context kind-catsdogs-e2e" in log
+    kustomization = yaml.safe_load(cluster.state["applied_kustomization"])
+    assert kustomization["images"] == [
+        {"name": "catsdogs-serving", "newName": "catsdogs-serving", "newTag": "e2e-local"}
+    ]
+    assert len(cluster.smoke_calls()) == 1
+
+
+def test_kind_e2e_without_cluster_fails_early(cluster: Cluster, tmp_path: Path) -> None:
+    for tool, body in {"docker": "true", "kind": "true"}.items():
+        path = cluster.bin / tool
+        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.chmod(0o755)
+    result = cluster.run("kind_e2e.sh", "--overlay", str(cluster.overlay))
+    assert result.returncode == 2
+    assert cluster.calls() == []
+
+
 # --- hygiene -----------------------------------------------------------------------------
 
 
@@ -373,7 +604,5 @@ def test_script_is_strict_and_executable(name: str) -> None:
 @pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
 def test_shellcheck_clean() -> None:
     scripts = [str(SCRIPTS / name) for name in OWN_SCRIPTS if (SCRIPTS / name).exists()]
-    result = subprocess.run(
-        ["shellcheck", "--severity=style", *scripts], capture_output=True, text=True
-    )
+    result = subprocess.run(["shellcheck", "--severity=style", *scripts], capture_output=True, text=True)
     assert result.returncode == 0, result.stdout + result.stderr
