@@ -10,10 +10,11 @@
 # pod's own localhost, so the management and metrics APIs, which are never
 # exposed through the Service, can be checked too). The inference token is read
 # from the pod's TorchServe key file (its path relative to the container's
-# working directory, or absolute); it is masked in GitHub Actions logs and
+# working directory, or absolute) and handed to the smoke test in
+# TS_INFERENCE_TOKEN / TS_MANAGEMENT_TOKEN; masked in GitHub Actions logs,
 # never printed. Then it runs the smoke test command, by default
 #
-#   python -m steps.smoke_test --url http://127.0.0.1:P [--management-url ...] [--metrics-url ...] [--token ...]
+#   python -m steps.smoke_test --url http://127.0.0.1:P [--management-url ...] [--metrics-url ...]
 #
 # (override the command with SMOKE_CMD). Exit status: the smoke test's, 2 for
 # bad usage, 5 when no ready pod or port-forward could be set up.
@@ -95,18 +96,27 @@ args=(--url "http://127.0.0.1:$(local_port "$inference_port")")
 [[ -n "${management_port:-}" ]] && args+=(--management-url "http://127.0.0.1:$(local_port "$management_port")")
 [[ -n "${metrics_port:-}" ]] && args+=(--metrics-url "http://127.0.0.1:$(local_port "$metrics_port")")
 
-# 3. The inference token from the pod's key file: never echoed, masked in Actions.
+# 3. The tokens from the pod's key file, handed over in the environment
+#    (TS_INFERENCE_TOKEN / TS_MANAGEMENT_TOKEN, read by steps.smoke_test): never
+#    on a command line, never echoed, masked in GitHub Actions logs.
 if $use_token; then
   exec_args=()
   [[ -n "$container" ]] && exec_args+=(--container "$container")
-  token="$(kc exec "$pod" "${exec_args[@]}" -- cat "$key_file" \
-    | python3 -c 'import json, sys; print(json.load(sys.stdin)["inference"]["key"])')" \
-    || fail "could not read the inference key from ${key_file} in ${pod}"
-  [[ -n "$token" ]] || fail "empty inference key in ${key_file} of ${pod}"
+  keys="$(kc exec "$pod" "${exec_args[@]}" -- cat "$key_file" | python3 -c '
+import json, sys
+keys = json.load(sys.stdin)
+print(keys["inference"]["key"])
+print(keys.get("management", {}).get("key", ""))
+')" || fail "could not read the TorchServe keys from ${key_file} in ${pod}"
+  { read -r inference_token; read -r management_token; } <<< "$keys"
+  unset keys
+  [[ -n "$inference_token" ]] || fail "empty inference key in ${key_file} of ${pod}"
   if [[ "${GITHUB_ACTIONS:-}" == "true" ]]; then
-    echo "::add-mask::${token}"
+    echo "::add-mask::${inference_token}"
+    [[ -n "$management_token" ]] && echo "::add-mask::${management_token}"
   fi
-  args+=(--token "$token")
+  export TS_INFERENCE_TOKEN="$inference_token"
+  export TS_MANAGEMENT_TOKEN="$management_token"
 fi
 
 # 4. The smoke test itself.

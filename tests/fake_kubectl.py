@@ -80,9 +80,7 @@ def main(argv: list[str]) -> int:
         state["applied_kustomization"] = (target / "kustomization.yaml").read_text()
         real = os.environ.get("REAL_KUBECTL")
         if real:
-            rendered = subprocess.run(
-                [real, "kustomize", str(target)], capture_output=True, text=True
-            )
+            rendered = subprocess.run([real, "kustomize", str(target)], capture_output=True, text=True)
             if rendered.returncode != 0:
                 print(rendered.stderr, file=sys.stderr)
                 save(state)
@@ -130,7 +128,14 @@ def main(argv: list[str]) -> int:
         return 0
 
     if verb == "exec":
-        print(state.get("key_file", json.dumps({"inference": {"key": "fake-inference-key"}})))
+        print(
+            state.get(
+                "key_file",
+                json.dumps(
+                    {"inference": {"key": "fake-inference-key"}, "management": {"key": "fake-management-key"}}
+                ),
+            )
+        )
         return 0
 
     print(f"fake kubectl: unsupported call {argv}", file=sys.stderr)

@@ -55,8 +55,9 @@ spec:
 
 FAKE_SMOKE = """\
 import json, os, sys
+tokens = {k: os.environ.get(k) for k in ("TS_INFERENCE_TOKEN", "TS_MANAGEMENT_TOKEN")}
 with open(os.environ["FAKE_SMOKE_LOG"], "a") as log:
-    log.write(json.dumps(sys.argv[1:]) + "\\n")
+    log.write(json.dumps(sys.argv[1:] + [tokens]) + "\\n")
 sys.exit(int(os.environ.get("FAKE_SMOKE_EXIT", "0")))
 """
 
@@ -298,9 +299,15 @@ def test_smoke_port_forwards_a_ready_pod_and_passes_the_token(cluster: Cluster) 
     assert args[args.index("--url") + 1] == "http://127.0.0.1:18080"
     assert args[args.index("--management-url") + 1] == "http://127.0.0.1:18081"
     assert args[args.index("--metrics-url") + 1] == "http://127.0.0.1:18082"
-    assert args[args.index("--token") + 1] == "fake-inference-key"
-    assert args[-2:] == ["--timeout", "30"]
+    # Tokens travel in the environment, never on the command line, never printed.
+    assert args[-1] == {
+        "TS_INFERENCE_TOKEN": "fake-inference-key",
+        "TS_MANAGEMENT_TOKEN": "fake-management-key",
+    }
+    assert args[-3:-1] == ["--timeout", "30"]
+    assert not any("fake-" in str(a) for a in args[:-1])
     assert "fake-inference-key" not in result.stdout + result.stderr
+    assert "fake-management-key" not in result.stdout + result.stderr
 
 
 def test_smoke_masks_token_in_github_actions(cluster: Cluster) -> None:
@@ -309,7 +316,8 @@ def test_smoke_masks_token_in_github_actions(cluster: Cluster) -> None:
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
     assert "::add-mask::fake-inference-key" in lines
-    assert sum("fake-inference-key" in line for line in lines) == 1
+    assert "::add-mask::fake-management-key" in lines
+    assert sum("fake-" in line for line in lines) == 2
 
 
 def test_smoke_without_token(cluster: Cluster) -> None:
@@ -317,7 +325,8 @@ def test_smoke_without_token(cluster: Cluster) -> None:
     result = cluster.run("smoke.sh", "--no-token", "--ports", "8080")
     assert result.returncode == 0, result.stderr
     (args,) = cluster.smoke_calls()
-    assert "--token" not in args and "--management-url" not in args
+    assert "--management-url" not in args
+    assert args[-1] == {"TS_INFERENCE_TOKEN": None, "TS_MANAGEMENT_TOKEN": None}
     assert "exec" not in cluster.verbs()
 
 
