@@ -310,6 +310,29 @@ def test_decoding_is_deterministic() -> None:
     assert a.tobytes() == b.tobytes()
 
 
+@pytest.mark.parametrize("fmt", ["JPEG", "PNG", "GIF", "BMP", "WEBP", "TIFF"])
+def test_damaged_files_only_ever_raise_image_decode_error(fmt: str) -> None:
+    """Flipped bytes, cut files and spliced garbage: a stable code or a good RGB image, never a crash."""
+    base = encode(noise_image((40, 40), seed=1), fmt)
+    rng = np.random.default_rng(sum(map(ord, fmt)))
+    codes = set()
+    for trial in range(40):
+        data = bytearray(base)
+        if trial % 3 == 0:
+            for i in rng.integers(0, len(data), int(rng.integers(1, 8))):
+                data[i] = int(rng.integers(0, 256))
+        elif trial % 3 == 1:
+            data = data[: int(rng.integers(1, len(data)))]
+        else:
+            i = int(rng.integers(0, len(data)))
+            data[i : i + 20] = rng.integers(0, 256, int(rng.integers(0, 40)), dtype=np.uint8).tobytes()
+        try:
+            assert decode_image(bytes(data)).image.mode == "RGB"
+        except ImageDecodeError as exc:
+            codes.add(exc.code)
+    assert codes <= {"not_an_image", "corrupt_image", "truncated_image", "image_too_small", "image_too_large"}
+
+
 # ---------------------------------------------------------------- to_rgb
 
 
