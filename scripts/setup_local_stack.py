@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import logging
 import sys
-from pathlib import Path
 
 from zenml.client import Client
 from zenml.enums import StackComponentType
@@ -33,9 +32,6 @@ def ensure_component(client: Client, kind: StackComponentType, name: str, flavor
 
 def main() -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    root = Path(__file__).resolve().parents[1]
-    if not (root / ".zen").exists():
-        Client.initialize(root=root)
     client = Client()
     ensure_component(client, StackComponentType.ORCHESTRATOR, "default", "local")
     ensure_component(client, StackComponentType.ARTIFACT_STORE, "default", "local")
