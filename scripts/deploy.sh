@@ -18,7 +18,8 @@
 # catsdogs.io/release, so every release makes a new ReplicaSet (a new revision
 # to roll back from) and `kubectl rollout history` shows what was deployed.
 #
-# Exit status: 0 rolled out; 2 bad usage; 3 apply failed; 4 rollout did not
+# Exit status: 0 rolled out; 2 bad usage (or an --image NAME that matches no
+# image of the overlay); 3 render or apply failed; 4 rollout did not
 # complete in time. This script never rolls back by itself: see rollback.sh and
 # release.sh.
 set -euo pipefail
@@ -117,13 +118,25 @@ PATCH
   target="$workdir"
 fi
 
-# 3. Apply.
+# 3. Check that every image override matched an image of the overlay: a name
+#    that matches nothing would silently redeploy the old image.
+if [[ ${#images[@]} -gt 0 ]]; then
+  rendered="$(kubectl kustomize "$target")" || { echo "deploy: $overlay does not render" >&2; exit 3; }
+  for spec in "${images[@]}"; do
+    if ! grep -qF -- "image: ${spec#*=}" <<< "$rendered"; then
+      echo "deploy: no image named '${spec%%=*}' in ${overlay}: the override would not apply" >&2
+      exit 2
+    fi
+  done
+fi
+
+# 4. Apply.
 if ! kubectl apply -k "$target"; then
   echo "deploy: kubectl apply -k $overlay failed" >&2
   exit 3
 fi
 
-# 4. Wait for the new pods to be ready.
+# 5. Wait for the new pods to be ready.
 if ! kubectl --namespace "$namespace" rollout status "deployment/${deployment}" --timeout="$timeout"; then
   echo "deploy: ${namespace}/${deployment} did not roll out within ${timeout}" >&2
   kubectl --namespace "$namespace" get pods -o wide >&2 || true

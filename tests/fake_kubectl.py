@@ -75,6 +75,23 @@ def main(argv: list[str]) -> int:
         print(json.dumps({"items": items}))
         return 0
 
+    if verb == "kustomize":
+        real = os.environ.get("REAL_KUBECTL")
+        if real:
+            return subprocess.run([real, "kustomize", args[1]], check=False).returncode
+        # Without a real kubectl: the images the overlay's deployment.yaml names,
+        # with the throwaway kustomization's overrides applied by name.
+        import yaml
+
+        kustomization = yaml.safe_load((Path(args[1]) / "kustomization.yaml").read_text())
+        for image in kustomization.get("images", []):
+            if image["name"] == "catsdogs-serving":
+                ref = image["newName"] + (
+                    "@" + image["digest"] if "digest" in image else ":" + image.get("newTag", "")
+                )
+                print(f"        image: {ref}")
+        return 0
+
     if verb == "apply" and args[1] == "-k":
         target = Path(args[2])
         state["applied_kustomization"] = (target / "kustomization.yaml").read_text()

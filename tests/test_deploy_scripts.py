@@ -226,6 +226,16 @@ def test_deploy_apply_failure_exits_3(cluster: Cluster) -> None:
     assert "rollout status" not in cluster.verbs()
 
 
+def test_deploy_refuses_an_image_override_that_matches_nothing(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=1)
+    result = cluster.run(
+        "deploy.sh", "--overlay", str(cluster.overlay), "--image", "not-in-overlay=registry/x:1"
+    )
+    assert result.returncode == 2
+    assert "no image named 'not-in-overlay'" in result.stderr
+    assert "apply -k" not in cluster.verbs()
+
+
 @pytest.mark.parametrize(
     "args",
     [
