@@ -141,6 +141,16 @@ def test_pipeline_trains_with_zenml_on_the_gcp_stack() -> None:
     assert train["outputs"]["pipeline_passed"]
 
 
+def test_credentials_file_never_lands_in_a_build_context() -> None:
+    """google-github-actions/auth writes gha-creds-*.json into the workspace root."""
+    jobs = workflow("pipeline.yml")["jobs"]
+    (auth,) = [s for s in steps(jobs["build-image"]) if uses(s) == AUTH_ACTION]
+    assert auth["with"]["create_credentials_file"] is False
+    train = jobs["train"]
+    (checkout,) = [s for s in steps(train) if uses(s) == "actions/checkout"]
+    assert checkout["with"]["path"] == train["defaults"]["run"]["working-directory"] == "repo"
+
+
 def test_image_is_built_only_after_the_quality_gate() -> None:
     build = workflow("pipeline.yml")["jobs"]["build-image"]
     assert needs(build) == {"train"}
