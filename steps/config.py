@@ -141,6 +141,8 @@ def load_run_file(path: str | Path) -> tuple[RunConfig, dict[str, Any]]:
             f"{path}: unknown top-level key(s) {unknown}; expected 'parameters', 'settings', ..."
         )
     params = raw.pop("parameters", None) or {}
+    if not isinstance(params, dict):
+        raise ConfigError(f"{path}: 'parameters' must be a mapping with a 'config:' section")
     extra_params = sorted(set(params) - {"config"})
     if extra_params:
         raise ConfigError(

@@ -84,15 +84,38 @@ def list_source(source: str, source_sha256: str | None = None) -> tuple[list[Sou
     return _list_folder(Path(source).expanduser())
 
 
-def _find_class_root(entries: dict[str, list[str]], described: str) -> dict[str, str]:
-    """Map label -> class folder name among ``entries`` (folder -> its subfolders)."""
-    found = {label_for_folder(name): name for name in entries if label_for_folder(name)}
-    if not found:
-        raise DataSourceError(
-            f"no Cat/ or Dog/ folder in {described} (found: {sorted(entries)[:10] or 'nothing'}); "
-            "lay the photos out as <root>/Cat/*.jpg and <root>/Dog/*.jpg"
-        )
-    return found
+def _require_both_classes(files: list[SourceFile], described: str, folders: list[str]) -> None:
+    """Fail before any work when a class has no image files at all."""
+    present = {f.label for f in files}
+    for label in CLASS_NAMES:
+        if label not in present:
+            raise DataSourceError(
+                f"no '{label}' images in {described} (class folders found: {sorted(folders)}); "
+                "both a Cat/ and a Dog/ folder with photos are needed"
+            )
+
+
+def _no_class_folder(described: str, names: Iterable[str]) -> DataSourceError:
+    return DataSourceError(
+        f"no Cat/ or Dog/ folder in {described} (found: {sorted(names)[:10] or 'nothing'}); "
+        "lay the photos out as <root>/Cat/*.jpg and <root>/Dog/*.jpg"
+    )
+
+
+def _class_folders(root: Path) -> dict[str, list[Path]]:
+    """label -> class folders, at <root>/Cat or one level down (<root>/PetImages/Cat, the zip's layout).
+
+    Every matching folder counts: ``Cat/`` and ``cats/`` side by side are both read.
+    """
+    top = sorted(p for p in root.iterdir() if p.is_dir())
+    for candidate in (root, *top):
+        matched: dict[str, list[Path]] = {}
+        for folder in sorted(p for p in candidate.iterdir() if p.is_dir()):
+            if label := label_for_folder(folder.name):
+                matched.setdefault(label, []).append(folder)
+        if matched:
+            return matched
+    raise _no_class_folder(str(root), (p.name for p in top))
 
 
 def _list_folder(root: Path) -> tuple[list[SourceFile], list[str]]:
@@ -102,23 +125,18 @@ def _list_folder(root: Path) -> tuple[list[SourceFile], list[str]]:
         )
     if not root.is_dir():
         raise DataSourceError(f"data source {root} is not a folder; pass the folder that holds Cat/ and Dog/")
-    # Accept <root>/Cat and also <root>/PetImages/Cat (the layout of the public zip).
-    for candidate in (root, *sorted(p for p in root.iterdir() if p.is_dir())):
-        subdirs = {p.name: p for p in candidate.iterdir() if p.is_dir()}
-        if any(label_for_folder(n) for n in subdirs):
-            break
-    folders = _find_class_root({n: [] for n in subdirs}, str(root))
+    folders = _class_folders(root)
     files: list[SourceFile] = []
     skipped: list[str] = []
-    for label, folder in sorted(folders.items()):
-        for path in sorted(subdirs[folder].iterdir(), key=lambda p: _natural_key(p.name)):
-            if not path.is_file():
-                continue
+    for label, paths in sorted(folders.items()):
+        entries = [p for folder in paths for p in folder.iterdir() if p.is_file()]
+        for path in sorted(entries, key=lambda p: _natural_key(p.name)):
             if not is_candidate_image(path.name):
                 skipped.append(str(path))
                 continue
             stat = path.stat()
             files.append(SourceFile(str(path), label, stat.st_size, str(stat.st_mtime_ns)))
+    _require_both_classes(files, str(root), [p.name for paths in folders.values() for p in paths])
     return files, skipped
 
 
@@ -153,12 +171,15 @@ def _list_gcs(source: str) -> tuple[list[SourceFile], list[str]]:
             skipped.append("gs://" + name)
             continue
         by_folder.setdefault(parts[folder_idx], []).append((name, info))
-    folders = _find_class_root({f: [] for f in by_folder}, source)
+    if not by_folder:
+        raise _no_class_folder(source, {n[len(prefix) :].lstrip("/").split("/")[0] for n in entries})
     files = []
-    for label, folder in sorted(folders.items()):
-        for name, info in sorted(by_folder[folder], key=lambda e: _natural_key(e[0])):
+    for folder, objects in sorted(by_folder.items()):
+        label = label_for_folder(folder)
+        for name, info in sorted(objects, key=lambda e: _natural_key(e[0])):
             version = str(info.get("generation") or info.get("md5Hash") or info.get("etag") or "")
             files.append(SourceFile("gs://" + name, label, int(info.get("size") or 0), version))
+    _require_both_classes(files, source, list(by_folder))
     return files, skipped
 
 

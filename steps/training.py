@@ -288,7 +288,8 @@ def train_model(
         for m in modules:
             for p in m.parameters():
                 p.requires_grad_(True)
-        x, y = torch.from_numpy(features), labels_of(split_manifest)
+        # Artifacts load read-only; torch wants a writable buffer.
+        x, y = torch.from_numpy(np.require(features, requirements="W")), labels_of(split_manifest)
         train = tensor_batches(x[train_rows], y[train_rows], cfg.batch_size, True, generator, cfg.augment)
         val = tensor_batches(x[val_rows], y[val_rows], 256, False, generator, False)
         k = model_cfg.trainable_blocks

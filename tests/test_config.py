@@ -215,11 +215,6 @@ def test_bad_value_in_a_run_file(tmp_path: Path) -> None:
         load_run_file(path)
 
 
-@pytest.mark.xfail(
-    reason="steps/config.py load_run_file calls params.get('config') without checking that "
-    "'parameters' is a mapping: a list raises AttributeError instead of ConfigError",
-    strict=True,
-)
 def test_parameters_that_is_not_a_mapping_is_a_config_error(tmp_path: Path) -> None:
     path = write_yaml(tmp_path, "parameters:\n  - config\n")
     with pytest.raises(ConfigError):

@@ -173,12 +173,6 @@ def test_folder_without_class_folders_is_a_clear_error(tmp_path: Path) -> None:
     assert "<root>/Cat" in message  # tells the user the expected layout
 
 
-@pytest.mark.xfail(
-    reason="steps/data_sources.py _list_folder: after the layout loop finds no class folder, `subdirs` "
-    "holds the LAST candidate's subfolders, so the error says 'found: nothing' instead of naming "
-    "the folders at the root",
-    strict=True,
-)
 def test_no_class_folder_error_names_the_folders_that_are_there(tmp_path: Path) -> None:
     write(tmp_path / "kittens" / "0.png", png_bytes())
     (tmp_path / "puppies").mkdir()
@@ -192,11 +186,6 @@ def test_empty_folder_is_a_clear_error(tmp_path: Path) -> None:
         list_source(str(tmp_path))
 
 
-@pytest.mark.xfail(
-    reason="steps/data_sources.py _find_class_root only raises when NO class folder exists; a source "
-    "with only Cat/ is listed without error and fails much later in ingest._check_classes",
-    strict=True,
-)
 def test_only_one_class_folder_is_a_clear_error_when_listing(tmp_path: Path) -> None:
     write(tmp_path / "Cat" / "0.png", png_bytes())
     with pytest.raises(DataSourceError, match=r"(?i)dog"):
@@ -324,11 +313,6 @@ def test_source_fingerprint_of_a_missing_folder_raises(tmp_path: Path) -> None:
         source_fingerprint(str(tmp_path / "missing"))
 
 
-@pytest.mark.xfail(
-    reason="steps/data_sources.py _find_class_root keeps one folder per label ({label: name} dict), so "
-    "with both Cat/ and cats/ the photos of one folder are silently dropped",
-    strict=True,
-)
 def test_two_folders_for_the_same_class_are_not_silently_dropped(tmp_path: Path) -> None:
     write(tmp_path / "Cat" / "0.png", png_bytes(0))
     write(tmp_path / "cats" / "1.png", png_bytes(1))
