@@ -21,6 +21,7 @@ Command line (``make serve`` / ``make stop``)::
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -194,7 +195,10 @@ def read_tokens(settings: ServerSettings) -> dict[str, str]:
     path = settings.root / "key_file.json"
     if not path.exists():
         return {}
-    data = json.loads(path.read_text())
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):  # TorchServe is still writing it
+        return {}
     return {name: entry["key"] for name, entry in data.items() if isinstance(entry, dict)}
 
 
@@ -289,29 +293,39 @@ def start(
     raise TorchServeError(f"TorchServe did not answer /ping within {wait_s:.0f}s; see {root}/logs")
 
 
-def stop(settings: ServerSettings | None = None, timeout: float = 30.0) -> bool:
-    """Stop the server of a run folder (the whole process group: CLI, Java and workers)."""
-    settings = settings or _recorded(default_run_dir())
-    if settings is None or not _pid_alive(settings.pid):
-        return False
-    pid = settings.pid
-    assert pid is not None
+def _group_alive(pgid: int) -> bool:
+    """Whether any process of the server's process group (CLI, Java, workers) is left."""
+    with contextlib.suppress(ChildProcessError):
+        os.waitpid(pgid, os.WNOHANG)  # reap our own child if it already exited
     try:
-        os.killpg(pid, signal.SIGTERM)
+        os.killpg(pgid, 0)
     except ProcessLookupError:
         return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stop(settings: ServerSettings | None = None, timeout: float = 30.0) -> bool:
+    """Stop the server of a run folder and wait until its whole process group is gone.
+
+    Waiting for Java itself (not only the CLI that started it) matters: TorchServe
+    refuses to start while its pid file names a live Java process.
+    """
+    settings = settings or _recorded(default_run_dir())
+    if settings is None or not settings.pid or not _group_alive(settings.pid):
+        return False
+    pgid = settings.pid
+    os.killpg(pgid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            finished, _ = os.waitpid(pid, os.WNOHANG)
-        except ChildProcessError:  # not our child (started by another command)
-            finished = 0 if _pid_alive(pid) else pid
-        if finished == pid or not _pid_alive(pid):
-            break
+    while _group_alive(pgid):
+        if time.monotonic() > deadline:
+            logger.warning("TorchServe did not stop within %.0fs; killing it", timeout)
+            os.killpg(pgid, signal.SIGKILL)
+            deadline = time.monotonic() + 10
         time.sleep(0.2)
-    else:
-        os.killpg(pid, signal.SIGKILL)
     (settings.root / "server.json").unlink(missing_ok=True)
+    (settings.root / "tmp" / ".model_server.pid").unlink(missing_ok=True)
     return True
 
 

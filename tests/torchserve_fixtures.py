@@ -30,9 +30,10 @@ KNOWN_CAT = "Cat/1.jpg"
 KNOWN_DOG = "Dog/1.jpg"
 
 
-def fitted_tiny_bundle(petimages: Path, version: str = "test-1") -> dict:
+def fitted_tiny_bundle(petimages: Path, version: str = "test-1", swap_labels: bool = False) -> dict:
     """A simple_cnn fitted on the two known photos: cheap, deterministic, and it answers them
-    correctly, which is all the serving tests and the smoke test need from a model."""
+    correctly, which is all the serving tests and the smoke test need from a model.
+    ``swap_labels`` makes a model that gets both wrong (a regression the smoke test must catch)."""
     torch.manual_seed(0)
     metadata = ModelMetadata(architecture="simple_cnn", image_size=TEST_IMAGE_SIZE, version=version)
     model = build_model("simple_cnn", 2)
@@ -43,7 +44,7 @@ def fitted_tiny_bundle(petimages: Path, version: str = "test-1") -> dict:
             for name in (KNOWN_CAT, KNOWN_DOG)
         ]
     )  # fmt: skip
-    y = torch.tensor([0, 1])
+    y = torch.tensor([1, 0] if swap_labels else [0, 1])
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-2)
     model.train()
     for _ in range(40):

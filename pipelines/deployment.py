@@ -1,0 +1,123 @@
+"""The deployment pipeline: trained bundle -> .mar -> local TorchServe, promoted only if healthy.
+
+    package_model -> register_candidate -> smoke_test_candidate -> promote_candidate
+
+A new version is registered next to the serving one, smoke tested through its
+own version URL and only then made the default; on failure it is unregistered,
+the previous default keeps serving and the run fails with the reason.
+
+Run it::
+
+    zenml pipeline run pipelines.deployment.deployment_pipeline        # latest trained model
+    python -m pipelines.deployment --bundle runs/model.pt              # a bundle file
+    python -m pipelines.deployment --no-zenml --bundle runs/model.pt   # plain functions only
+
+The model comes from ``bundle_path`` or, when empty, from the ``model_bundle``
+output of the latest *completed* training run (completed = it passed the
+evaluation quality gate). ZenML lookups happen when the pipeline is built,
+never at import.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from dataclasses import asdict
+from pathlib import Path
+from typing import Annotated, Any
+
+import torch
+from zenml import pipeline, step
+
+from steps import deployment
+from steps.packaging import DEFAULT_MODEL_NAME, mlflow_tracker_name, package_model
+
+logger = logging.getLogger(__name__)
+
+TRAINING_PIPELINE = "training_pipeline"
+TRAINING_STEP = "train"
+BUNDLE_OUTPUT = "model_bundle"
+
+
+def latest_trained_bundle() -> Any:
+    """The ``model_bundle`` artifact of the newest completed training run."""
+    from zenml.client import Client
+
+    runs = Client().list_pipeline_runs(
+        pipeline_name=TRAINING_PIPELINE, status="completed", sort_by="desc:created", size=1
+    )
+    if not runs.items:
+        raise RuntimeError(
+            "no completed training run found: run `make run` (or the training pipeline) first, "
+            "or pass bundle_path"
+        )
+    outputs = runs.items[0].steps[TRAINING_STEP].outputs[BUNDLE_OUTPUT]
+    return outputs[0] if isinstance(outputs, list) else outputs
+
+
+@step(enable_cache=False)
+def load_bundle_file(bundle_path: str) -> Annotated[dict, "model_bundle"]:
+    """A bundle file (``model.pt``) as the pipeline's model input."""
+    return torch.load(bundle_path, map_location="cpu", weights_only=True)
+
+
+@step(enable_cache=False)
+def register_candidate(mar: Path, run_dir: str = "") -> Annotated[dict, "candidate"]:
+    """Start or reuse the local TorchServe and register the archive as a candidate version."""
+    return asdict(deployment.register_candidate(mar, run_dir or None))
+
+
+@step(enable_cache=False)
+def smoke_test_candidate(candidate: dict) -> Annotated[dict, "smoke_tested_candidate"]:
+    """Fail the run (and unregister the candidate) unless the smoke test passes."""
+    deployment.smoke_test_candidate(deployment.Candidate(**candidate))
+    return candidate
+
+
+@step(enable_cache=False)
+def promote_candidate(candidate: dict) -> Annotated[dict, "deployment"]:
+    """Make the smoke-tested version the default; log the ready-to-paste curl."""
+    result = deployment.promote_candidate(deployment.Candidate(**candidate))
+    logger.info("try it: %s", result["curl"])
+    return result
+
+
+@pipeline(enable_cache=False)
+def deployment_pipeline(
+    bundle_path: str = "", model_name: str = DEFAULT_MODEL_NAME, run_dir: str = ""
+) -> None:
+    bundle = load_bundle_file(bundle_path) if bundle_path else latest_trained_bundle()
+    tracker = mlflow_tracker_name()
+    packager = package_model.with_options(experiment_tracker=tracker) if tracker else package_model
+    mar = packager(bundle, model_name=model_name)
+    candidate = register_candidate(mar, run_dir=run_dir)
+    checked = smoke_test_candidate(candidate)
+    promote_candidate(checked)
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    parser = argparse.ArgumentParser(description="Deploy a trained model to local TorchServe")
+    parser.add_argument("--bundle", default="", help="model.pt bundle (default: latest training run)")
+    parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
+    parser.add_argument("--no-zenml", action="store_true",
+                        help="deploy with the plain functions (needs --bundle)")  # fmt: skip
+    args = parser.parse_args(argv)
+    try:
+        if args.no_zenml:
+            if not args.bundle:
+                parser.error("--no-zenml needs --bundle")
+            result = deployment.deploy_latest(Path(args.bundle), model_name=args.model_name)
+            logger.info("%s %s is serving; try:\n%s", result["model_name"], result["version"],
+                        result["curl"])  # fmt: skip
+        else:
+            deployment_pipeline(bundle_path=args.bundle, model_name=args.model_name)
+    except deployment.DeploymentError as exc:
+        logger.error("%s", exc)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,118 @@
+"""The deployment path on a real TorchServe: register -> smoke test -> promote, and rollback.
+
+Uses its own server and run folder (the shared inference server must keep
+serving version test-1 for the other modules).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from steps import torchserve_local
+from steps.deployment import DeploymentError, deploy_latest, deploy_mar
+from steps.packaging import build_mar
+from steps.torchserve_client import TorchServeClient
+from tests.torchserve_fixtures import MODEL_NAME, fitted_tiny_bundle
+
+pytestmark = pytest.mark.integration
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory: pytest.TempPathFactory):
+    """A private run folder on free ports; the server is started by the first deploy."""
+    root = tmp_path_factory.mktemp("deploy") / "torchserve"
+    settings = torchserve_local.ServerSettings.for_tests(root)
+    root.mkdir(parents=True)
+    # Pin the free ports for every later start/reuse of this run folder.
+    first = torchserve_local.start(settings)
+    yield root
+    running = torchserve_local.load_running(root) or first
+    torchserve_local.stop(running)
+
+
+def _client(run_dir: Path) -> TorchServeClient:
+    settings = torchserve_local.load_running(run_dir)
+    assert settings is not None, "server not running"
+    return TorchServeClient.for_local(settings)
+
+
+def test_first_deploy_promotes_and_prints_a_working_curl(run_dir, petimages_dir):
+    result = deploy_latest(fitted_tiny_bundle(petimages_dir, "dep-1"), run_dir=run_dir)
+    assert result["version"] == "dep-1" and result["previous_version"] is None
+    assert _client(run_dir).default_version(MODEL_NAME) == "dep-1"
+    # The printed curl works as pasted.
+    out = subprocess.run(result["curl"], shell=True, capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    answer = json.loads(out.stdout)
+    assert answer["label"] == "cat" and answer["model_version"] == "dep-1"
+    assert "Authorization: Bearer" in result["curl"]
+
+
+def test_failing_smoke_test_keeps_the_previous_default(run_dir, petimages_dir):
+    bad = fitted_tiny_bundle(petimages_dir, "dep-bad", swap_labels=True)
+    with pytest.raises(DeploymentError, match=r"known cat photo.*dep-1 keeps serving"):
+        deploy_latest(bad, run_dir=run_dir)
+    client = _client(run_dir)
+    assert client.default_version(MODEL_NAME) == "dep-1"
+    assert "dep-bad" not in client.versions(MODEL_NAME)
+    cat = (petimages_dir / "Cat" / "1.jpg").read_bytes()
+    assert client.predict_raw(MODEL_NAME, cat).json()["model_version"] == "dep-1"
+
+
+def test_archive_whose_workers_cannot_load_is_refused(run_dir, petimages_dir, tmp_path):
+    broken = fitted_tiny_bundle(petimages_dir, "dep-broken")
+    broken["state_dict"] = {k: v for k, v in broken["state_dict"].items() if "classifier" not in k}
+    mar = build_mar(broken, tmp_path)
+    with pytest.raises(DeploymentError, match="registering"):
+        deploy_mar(mar, run_dir)
+    client = _client(run_dir)
+    assert client.default_version(MODEL_NAME) == "dep-1"
+    assert "dep-broken" not in client.versions(MODEL_NAME)
+
+
+@pytest.mark.slow  # a first ZenML run costs over a minute on 2 cores
+def test_zenml_deployment_pipeline_promotes_next_version(run_dir, petimages_dir, tmp_path):
+    from pipelines.deployment import deployment_pipeline
+
+    bundle_file = tmp_path / "model.pt"
+    torch.save(fitted_tiny_bundle(petimages_dir, "dep-2"), bundle_file)
+    deployment_pipeline(bundle_path=str(bundle_file), run_dir=str(run_dir))
+    client = _client(run_dir)
+    assert client.default_version(MODEL_NAME) == "dep-2"
+    assert sorted(client.versions(MODEL_NAME)) == ["dep-1", "dep-2"]  # one rollback target
+    record = json.loads((run_dir / "default_model.json").read_text())
+    assert record["version"] == "dep-2"
+
+
+def test_smoke_test_cli_against_the_running_server(run_dir):
+    settings = torchserve_local.load_running(run_dir)
+    cmd = [
+        sys.executable, "-m", "steps.smoke_test",
+        "--url", settings.inference_url,
+        "--key-file", str(run_dir / "key_file.json"),
+        "--management-url", settings.management_url,
+        "--metrics-url", settings.metrics_url,
+    ]  # fmt: skip
+    out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "smoke test passed" in out.stdout + out.stderr
+
+
+def test_restart_serves_only_the_promoted_version(run_dir):
+    """Deterministic start: no snapshot, only default_model.json's archive is loaded."""
+    promoted = json.loads((run_dir / "default_model.json").read_text())["version"]
+    settings = torchserve_local.load_running(run_dir)
+    assert len(_client(run_dir).versions(MODEL_NAME)) >= 1
+    assert torchserve_local.stop(settings)
+    restarted = torchserve_local.start(settings)
+    client = TorchServeClient.for_local(restarted)
+    assert client.versions(MODEL_NAME) == [promoted]
+    client.wait_for_workers(MODEL_NAME, promoted)
+    assert client.default_version(MODEL_NAME) == promoted
