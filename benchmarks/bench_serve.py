@@ -93,10 +93,28 @@ def load_photos(count: int) -> list[bytes]:
     return photos
 
 
-def run_load(
-    name: str, send: Callable[[requests.Session, bytes], int], photos: list[bytes],
-    concurrency: int, total: int,
-) -> Result:  # fmt: skip
+@dataclass
+class Samples:
+    latencies: list[float]  # seconds, successful requests only
+    statuses: list[int]
+    wall: float
+
+
+def summarize(name: str, concurrency: int, parts: list[Samples]) -> Result:
+    latencies = [x for part in parts for x in part.latencies]
+    statuses = [x for part in parts for x in part.statuses]
+    wall = sum(part.wall for part in parts)
+    return Result(
+        name, concurrency, len(statuses), statuses.count(200), statuses.count(503),
+        percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000,
+        statuses.count(200) / wall if wall else 0.0,
+    )  # fmt: skip
+
+
+Sender = Callable[[requests.Session, bytes], int]
+
+
+def run_load(send: Sender, photos: list[bytes], concurrency: int, total: int) -> Samples:
     """Closed loop: ``concurrency`` clients, each sends its next request when answered."""
     latencies: list[float] = []
     statuses: list[int] = []
@@ -129,31 +147,20 @@ def run_load(
         thread.start()
     for thread in threads:
         thread.join()
-    wall = time.perf_counter() - started
-    return Result(
-        name, concurrency, len(statuses), statuses.count(200), statuses.count(503),
-        percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000,
-        statuses.count(200) / wall,
-    )  # fmt: skip
+    return Samples(latencies, statuses, time.perf_counter() - started)
 
 
-def bench_in_process(bundle: Path, photos: list[bytes], total: int) -> Result:
+def in_process_sender(bundle: Path, photos: list[bytes]) -> Sender:
     """decode + transform + forward in this process: the floor TorchServe is compared to."""
     torch.set_num_threads(cpu_limit())
     handler = ImageClassifierHandler()
     handler.load(bundle)
-    for data in photos[:3]:
-        handler.predict(handler.preprocess_one({"body": data}).unsqueeze(0))
-    latencies = []
-    started = time.perf_counter()
-    for i in range(total):
-        t0 = time.perf_counter()
-        handler.predict(handler.preprocess_one({"body": photos[i % len(photos)]}).unsqueeze(0))
-        latencies.append(time.perf_counter() - t0)
-    wall = time.perf_counter() - started
-    return Result("in-process (no server)", 1, total, total, 0,
-                  percentile(latencies, 50) * 1000, percentile(latencies, 99) * 1000,
-                  total / wall)  # fmt: skip
+
+    def send(_session: requests.Session, body: bytes) -> int:
+        handler.predict(handler.preprocess_one({"body": body}).unsqueeze(0))
+        return 200
+
+    return send
 
 
 # ---------------------------------------------------------------- FastAPI baseline
@@ -225,6 +232,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bundle", type=Path, help="model.pt bundle (default: random lite0)")
     parser.add_argument("--architecture", default="efficientnet_lite0")
     parser.add_argument("--requests", type=int, default=120, help="requests per scenario")
+    parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per level")
     parser.add_argument("--queue", type=int, default=16, help="TorchServe job_queue_size")
     parser.add_argument("--skip-fastapi", action="store_true")
     parser.add_argument("--skip-overload", action="store_true")
@@ -242,17 +250,15 @@ def main(argv: list[str] | None = None) -> int:
                     ModelMetadata(architecture=args.architecture, version="bench"), bundle)  # fmt: skip
     photos = load_photos(32)
     n = args.requests
-    results: list[Result] = []
     logger.info("CPU limit %d; %d photos; %d requests per scenario", cpu_limit(), len(photos), n)
-
-    results.append(bench_in_process(bundle, photos, n))
-    logger.info(results[-1].row())
 
     settings = torchserve_local.ServerSettings.for_tests(work / "torchserve", job_queue_size=args.queue)
     settings.model_store.mkdir(parents=True)
     mar = build_mar(bundle, settings.model_store, model_name="catsdogs")
     settings = torchserve_local.start(settings, load_default=False)
     fastapi = None
+    results: list[Result] = []
+    overload_lines: list[str] = []
     try:
         client = TorchServeClient.for_local(settings)
         for name, batch in (("batched", 8), ("unbatched", 1)):
@@ -262,40 +268,44 @@ def main(argv: list[str] | None = None) -> int:
         headers = {"Authorization": f"Bearer {client.inference_token}",
                    "Content-Type": "image/jpeg"}  # fmt: skip
 
-        def torchserve(model: str) -> Callable[[requests.Session, bytes], int]:
+        def torchserve(model: str) -> Sender:
             url = f"{settings.inference_url}/predictions/{model}"
             return lambda s, body: s.post(url, data=body, headers=headers, timeout=60).status_code
 
-        for model in ("batched", "unbatched"):
-            run_load(f"warm-up {model}", torchserve(model), photos, 2, 10)
-        scenarios = [("TorchServe batching off", "unbatched", 1),
-                     ("TorchServe batching on", "batched", 1),
-                     ("TorchServe batching off", "unbatched", 8),
-                     ("TorchServe batching on", "batched", 8),
-                     ("TorchServe batching off", "unbatched", 16),
-                     ("TorchServe batching on", "batched", 16)]  # fmt: skip
-        for label, model, concurrency in scenarios:
-            results.append(run_load(label, torchserve(model), photos, concurrency, n))
-            logger.info(results[-1].row())
-
+        senders: dict[str, Sender] = {
+            "in-process (no server)": in_process_sender(bundle, photos),
+            "TorchServe batching off": torchserve("unbatched"),
+            "TorchServe batching on": torchserve("batched"),
+        }
         if not args.skip_fastapi:
             port = torchserve_local.free_port()
             fastapi = start_fastapi(bundle, port)
-            url = f"http://127.0.0.1:{port}/predictions/catsdogs"
+            fastapi_url = f"http://127.0.0.1:{port}/predictions/catsdogs"
+            senders["FastAPI + uvicorn"] = lambda s, body: s.post(
+                fastapi_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60
+            ).status_code
+        for send in senders.values():
+            run_load(send, photos, 2, 10)  # warm-up
 
-            def send_fastapi(s: requests.Session, body: bytes) -> int:
-                return s.post(url, data=body, headers={"Content-Type": "image/jpeg"},
-                              timeout=60).status_code  # fmt: skip
-
-            run_load("warm-up fastapi", send_fastapi, photos, 2, 10)
-            for concurrency in (1, 8, 16):
-                results.append(run_load("FastAPI + uvicorn", send_fastapi, photos, concurrency, n))
+        # Side by side: every scenario of a concurrency level runs in interleaved rounds,
+        # so a burst of background load hits all of them alike.
+        for concurrency in (1, 8, 16):
+            names = [name for name in senders if concurrency == 1 or "in-process" not in name]
+            parts: dict[str, list[Samples]] = {name: [] for name in names}
+            for round_ in range(args.rounds):
+                order = names[round_ % len(names):] + names[: round_ % len(names)]
+                for name in order:
+                    parts[name].append(
+                        run_load(senders[name], photos, concurrency, max(1, n // args.rounds))
+                    )
+            for name in names:
+                results.append(summarize(name, concurrency, parts[name]))
                 logger.info(results[-1].row())
+
+        if fastapi is not None:
             fastapi.terminate()
             fastapi.wait(30)
             fastapi = None
-
-        overload_lines: list[str] = []
         if not args.skip_overload:
             overload_lines = overload(settings, torchserve("batched"), photos, args.queue, n)
     finally:
@@ -322,10 +332,12 @@ def overload(settings, send, photos: list[bytes], queue: int, n: int) -> list[st
             refused_latencies.append(time.perf_counter() - t0)
         return status
 
-    result = run_load("TorchServe overload (batching on)", timed_send, photos, clients, 8 * n)
+    result = summarize("TorchServe overload (batching on)", clients,
+                       [run_load(timed_send, photos, clients, 8 * n)])  # fmt: skip
     rss_peak = server_rss_mb(pgid)
     time.sleep(2)
-    recovery = run_load("TorchServe after overload", send, photos, 1, max(20, n // 4))
+    recovery = summarize("TorchServe after overload", 1,
+                         [run_load(send, photos, 1, max(20, n // 4))])  # fmt: skip
     rss_after = server_rss_mb(pgid)
     return [
         result.row(),

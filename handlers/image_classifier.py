@@ -165,7 +165,9 @@ class ImageClassifierHandler:
         status = ERROR_STATUS.get(code, 400)
         self.metrics.error(code)
         if context is not None:
-            context.set_response_status(status, f"{code}: {message}", idx)
+            # Reason phrase = the code only: decoder messages may hold characters an HTTP
+            # status line cannot carry; the full message is in the JSON body.
+            context.set_response_status(status, code, idx)
             context.set_response_content_type(idx, "application/json")
         logger.info("rejected item %d: %s (%s)", idx, code, message)
         return {"error": code, "message": message}

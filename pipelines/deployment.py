@@ -96,6 +96,16 @@ def deployment_pipeline(
     promote_candidate(checked)
 
 
+def _print_curl(model_name: str) -> None:
+    """End ``make run`` / ``make deploy`` with a curl that works as pasted."""
+    from steps import torchserve_local
+
+    settings = torchserve_local.load_running()
+    if settings is not None:
+        logger.info("serving at %s; try:\n%s", settings.inference_url,
+                    deployment.curl_command(settings, model_name))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description="Deploy a trained model to local TorchServe")
@@ -113,8 +123,9 @@ def main(argv: list[str] | None = None) -> int:
                         result["curl"])  # fmt: skip
         else:
             deployment_pipeline(bundle_path=args.bundle, model_name=args.model_name)
-    except deployment.DeploymentError as exc:
-        logger.error("%s", exc)
+            _print_curl(args.model_name)
+    except Exception as exc:  # the step's DeploymentError, or ZenML's wrapper around it
+        logger.error("deployment failed: %s", exc)
         return 1
     return 0
 

@@ -151,8 +151,9 @@ def render_config(settings: ServerSettings, load_models: str) -> Path:
         "grpc_inference_port": settings.grpc_inference_port,
         "grpc_management_port": settings.grpc_management_port,
         "enable_model_api": str(settings.enable_model_api).lower(),
-        # Only archives inside the model store may be registered (escaped for Java regex).
-        "allowed_urls": "file://" + re.escape(str(store)) + "/.*",
+        # Only archives inside the model store may be registered: a Java regex, with its
+        # backslashes doubled because .properties files treat "\\" as an escape.
+        "allowed_urls": ("file://" + re.escape(str(store)) + "/.*").replace("\\", "\\\\"),
         "model_store": str(store),
         "load_models": load_models,
         "workers": 1,
@@ -279,18 +280,28 @@ def start(
     )
     settings.pid = process.pid
     (root / "server.json").write_text(json.dumps(asdict(settings), indent=2))
+    try:
+        _wait_until_up(settings, process, wait_s)
+    except BaseException:
+        stop(settings)  # never leave a half-started Java behind
+        raise
+    logger.info("TorchServe pid %s up at %s", process.pid, settings.inference_url)
+    return settings
+
+
+def _wait_until_up(settings: ServerSettings, process: subprocess.Popen, wait_s: float) -> None:
     deadline = time.monotonic() + wait_s
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise TorchServeError(
-                f"TorchServe exited with {process.returncode}; see {root / 'logs'}"
+                f"TorchServe exited with {process.returncode}; see {settings.root / 'logs'}"
             )
         if read_tokens(settings) and _healthy(settings):
-            logger.info("TorchServe pid %s up at %s", process.pid, settings.inference_url)
-            return settings
+            return
         time.sleep(0.5)
-    stop(settings)
-    raise TorchServeError(f"TorchServe did not answer /ping within {wait_s:.0f}s; see {root}/logs")
+    raise TorchServeError(
+        f"TorchServe did not answer /ping within {wait_s:.0f}s; see {settings.root / 'logs'}"
+    )
 
 
 def _group_alive(pgid: int) -> bool:
