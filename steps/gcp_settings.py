@@ -91,6 +91,10 @@ class GcpSettings:
         return f"{self.registry_uri}/catsdogs-serving:{self.SERVING_IMAGE_TAG}"
 
     @property
+    def mlflow_image(self) -> str:
+        return f"{self.registry_uri}/catsdogs-mlflow:{self.SERVING_IMAGE_TAG}"
+
+    @property
     def kube_context(self) -> str:
         """The context name ``gcloud container clusters get-credentials`` writes."""
         return f"gke_{self.GCP_PROJECT}_{self.GCP_REGION}_{self.GKE_CLUSTER}"
@@ -224,11 +228,12 @@ def render_run_config(s: GcpSettings) -> dict[str, Any]:
 
 
 def render_k8s_settings(s: GcpSettings) -> dict[str, Any]:
-    """A ConfigMap read by the pods and by the overlay's kustomize replacements."""
+    """A patch of the base ``catsdogs-settings`` ConfigMap: read by the pods, and the
+    source of the overlay's kustomize replacements (images, Workload Identity)."""
     return {
         "apiVersion": "v1",
         "kind": "ConfigMap",
-        "metadata": {"name": "catsdogs-gcp-settings"},
+        "metadata": {"name": "catsdogs-settings"},
         "data": {
             "GCP_PROJECT": s.GCP_PROJECT,
             "GCS_BUCKET": s.GCS_BUCKET,
@@ -237,6 +242,8 @@ def render_k8s_settings(s: GcpSettings) -> dict[str, Any]:
             "MODEL_STORE_URI": s.model_store_uri,
             "MLFLOW_ARTIFACT_ROOT": s.mlflow_artifact_root,
             "SERVING_IMAGE": s.serving_image,
+            "MLFLOW_IMAGE": s.mlflow_image,
+            "MLFLOW_CLOUDSQL_INSTANCE": f"{s.GCP_PROJECT}:{s.GCP_REGION}:catsdogs-mlflow",
             "SERVING_GSA": s.google_service_account("serving"),
             "MLFLOW_GSA": s.google_service_account("mlflow"),
             "PIPELINES_GSA": s.google_service_account("pipelines"),
