@@ -1,28 +1,32 @@
 #!/usr/bin/env bash
-# End-to-end test on a throwaway kind cluster: build the serving image with a
-# small model, load it into kind, deploy the kind overlay, smoke-test it (with
-# automatic rollback on failure, via scripts/release.sh).
+# End-to-end test on a throwaway kind cluster: a small model, the serving
+# image, the kind overlay, the smoke test (with automatic rollback on failure,
+# via scripts/release.sh).
 #
 #   scripts/kind_e2e.sh [--cluster catsdogs-e2e] [--overlay k8s/overlays/kind]
-#                       [--mar FILE] [--manifest-image catsdogs-serving]
-#                       [--model-store /home/model-server/model-store]
-#                       [-- EXTRA SMOKE TEST ARGS]
+#                       [--mar FILE] [--model-name catsdogs] [--model-version 1]
+#                       [--models-dir runs/kind-models] [-- EXTRA SMOKE TEST ARGS]
 #
-# Needs docker, kind and kubectl, and a running kind cluster (the workflow
-# creates it with helm/kind-action; locally: `kind create cluster --name catsdogs-e2e`).
-# Without --mar, a zero-shot EfficientNet-Lite0 `.mar` is built by
-# scripts/build_e2e_mar.py (no data, no training). The `.mar` is copied into a
-# layer on top of docker/serving.Dockerfile at the model store path, so the
-# kind overlay serves it without any cloud storage. On failure the cluster
-# state (pods, events, logs) is printed to help the diagnosis.
+# 1. The model: without --mar, scripts/build_e2e_mar.py builds a zero-shot
+#    EfficientNet-Lite0 `.mar` (no data, no training). It is put where the kind
+#    overlay's init container looks for it: <models-dir>/<name>/<version>/<name>.mar,
+#    <models-dir> being mounted into the kind node as /model-source
+#    (MODEL_STORE_URI=file:///model-source in k8s/base/settings.yaml).
+# 2. The cluster: created with that mount when it does not exist yet (kind
+#    mounts are fixed at creation: an existing cluster must already have it).
+# 3. docker/serving.Dockerfile is built as catsdogs-serving:e2e-<commit> and
+#    loaded into the node (the overlay uses imagePullPolicy: Never).
+# 4. scripts/release.sh: apply -k, rollout, smoke test, rollback on failure.
+# On failure the namespace's pods, events and logs are printed.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 cluster="${KIND_CLUSTER_NAME:-catsdogs-e2e}"
 overlay="k8s/overlays/kind"
 mar=""
-manifest_image="catsdogs-serving"
-model_store="${E2E_MODEL_STORE:-/home/model-server/model-store}"
+model_name="catsdogs"
+model_version="1"
+models_dir="runs/kind-models"
 namespace="${K8S_NAMESPACE:-catsdogs}"
 deployment="${K8S_DEPLOYMENT:-torchserve}"
 python="${PYTHON:-python}"
@@ -35,12 +39,13 @@ while [[ $# -gt 0 ]]; do
     --cluster) cluster="${2:?}"; shift 2 ;;
     --overlay) overlay="${2:?}"; shift 2 ;;
     --mar) mar="${2:?}"; shift 2 ;;
-    --manifest-image) manifest_image="${2:?}"; shift 2 ;;
-    --model-store) model_store="${2:?}"; shift 2 ;;
+    --model-name) model_name="${2:?}"; shift 2 ;;
+    --model-version) model_version="${2:?}"; shift 2 ;;
+    --models-dir) models_dir="${2:?}"; shift 2 ;;
     --namespace) namespace="${2:?}"; shift 2 ;;
     --deployment) deployment="${2:?}"; shift 2 ;;
     --) shift; smoke_args=(-- "$@"); break ;;
-    -h|--help) sed -n '2,17p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -50,35 +55,55 @@ for tool in docker kind kubectl; do
 done
 [[ -f docker/serving.Dockerfile ]] || die "docker/serving.Dockerfile not found (run from the repository root)"
 [[ -d "$overlay" ]] || die "overlay $overlay not found"
-kind get clusters | grep -qx "$cluster" || die "no kind cluster named $cluster (kind create cluster --name $cluster)"
+[[ "$model_name" =~ ^[A-Za-z0-9._-]+$ && "$model_version" =~ ^[A-Za-z0-9._-]+$ ]] \
+  || die "bad model name or version: $model_name $model_version"
 
-workdir="$(mktemp -d)"
-trap 'rm -rf "$workdir"' EXIT
 sha="$(git rev-parse --short=12 HEAD 2>/dev/null || echo local)"
 image="catsdogs-serving:e2e-${sha}"
 
-# 1. The small model.
+# 1. The small model, where the init container will look for it.
+target_dir="${models_dir}/${model_name}/${model_version}"
+mkdir -p "$target_dir"
 if [[ -z "$mar" ]]; then
-  mar="$("$python" "$here/build_e2e_mar.py" --out "$workdir/model" --version "e2e-${sha}" | tail -n 1)"
+  built="$("$python" "$here/build_e2e_mar.py" --out "$target_dir/build" \
+    --model-name "$model_name" --version "e2e-${sha}" | tail -n 1)"
+  mv "$built" "$target_dir/${model_name}.mar"
+  rm -rf "$target_dir/build"
+else
+  [[ -f "$mar" ]] || die "model archive $mar not found"
+  cp "$mar" "$target_dir/${model_name}.mar"
 fi
-[[ -f "$mar" ]] || die "model archive $mar not found"
+chmod 0644 "$target_dir/${model_name}.mar"
+echo "kind_e2e: model at ${target_dir}/${model_name}.mar"
 
-# 2. The serving image, plus a layer with the model in its model store.
-docker build --file docker/serving.Dockerfile --tag "${image}-base" .
-cp "$mar" "$workdir/model.mar"
-cat > "$workdir/Dockerfile" <<DOCKERFILE
-FROM ${image}-base
-COPY --chmod=0444 model.mar ${model_store}/$(basename "$mar")
-DOCKERFILE
-docker build --file "$workdir/Dockerfile" --tag "$image" "$workdir"
-
-# 3. Into the cluster, then deploy + smoke test + rollback on failure.
-kind load docker-image "$image" --name "$cluster"
+# 2. The cluster, with the models folder mounted as /model-source.
+if kind get clusters | grep -qx "$cluster"; then
+  echo "kind_e2e: reusing kind cluster ${cluster} (it must mount $(realpath "$models_dir") at /model-source)"
+else
+  config="$(mktemp)"
+  trap 'rm -f "$config"' EXIT
+  cat > "$config" <<KIND
+kind: Cluster
+apiVersion: kind.x-k8s.io/v1alpha4
+nodes:
+  - role: control-plane
+    extraMounts:
+      - hostPath: $(realpath "$models_dir")
+        containerPath: /model-source
+        readOnly: true
+KIND
+  kind create cluster --name "$cluster" --config "$config" --wait 120s
+fi
 kubectl config use-context "kind-${cluster}"
 
+# 3. The serving image, into the node.
+docker build --file docker/serving.Dockerfile --tag "$image" .
+kind load docker-image "$image" --name "$cluster"
+
+# 4. Deploy, smoke test, roll back on failure.
 status=0
 "$here/release.sh" --overlay "$overlay" --namespace "$namespace" --deployment "$deployment" \
-  --image "${manifest_image}=${image}" --release "e2e-${sha}" --timeout 300s \
+  --image "catsdogs-serving=${image}" --release "e2e-${sha}" --timeout 420s \
   "${smoke_args[@]}" || status=$?
 
 if [[ $status -ne 0 ]]; then

@@ -1,16 +1,16 @@
 #!/usr/bin/env bash
 # Smoke-test the TorchServe Deployment that is running in the cluster.
 #
-#   scripts/smoke.sh [--namespace catsdogs] [--deployment torchserve] [--container NAME]
-#                    [--ports 8080,8081,8082] [--key-file key_file.json] [--no-token]
+#   scripts/smoke.sh [--namespace catsdogs] [--deployment torchserve] [--container torchserve]
+#                    [--ports 8080,8081,8082] [--key-file /tmp/torchserve/key_file.json] [--no-token]
 #                    [-- EXTRA SMOKE TEST ARGS]
 #
 # Picks one ready pod of the Deployment and port-forwards its inference,
 # management and metrics ports to free local ports (port-forward reaches the
 # pod's own localhost, so the management and metrics APIs, which are never
 # exposed through the Service, can be checked too). The inference token is read
-# from the pod's TorchServe key file (its path relative to the container's
-# working directory, or absolute) and handed to the smoke test in
+# from the pod's TorchServe key file (TorchServe writes it to its working
+# directory, TS_RUN_DIR in docker/serving_entrypoint.py) and handed to the smoke test in
 # TS_INFERENCE_TOKEN / TS_MANAGEMENT_TOKEN; masked in GitHub Actions logs,
 # never printed. Then it runs the smoke test command, by default
 #
@@ -22,9 +22,9 @@ set -euo pipefail
 
 namespace="${K8S_NAMESPACE:-catsdogs}"
 deployment="${K8S_DEPLOYMENT:-torchserve}"
-container=""
+container="${SMOKE_CONTAINER:-torchserve}"
 ports="${SMOKE_PORTS:-8080,8081,8082}"
-key_file="${SMOKE_KEY_FILE:-key_file.json}"
+key_file="${SMOKE_KEY_FILE:-/tmp/torchserve/key_file.json}"
 use_token=true
 smoke_cmd="${SMOKE_CMD:-python -m steps.smoke_test}"
 extra=()

@@ -548,26 +548,27 @@ def test_pipeline_needs_the_zenml_server(zenml: dict[str, str], missing: str) ->
 # --- kind_e2e.sh -----------------------------------------------------------------------------
 
 
-def test_kind_e2e_builds_loads_deploys_and_smoke_tests(cluster: Cluster, tmp_path: Path) -> None:
+def test_kind_e2e_places_the_model_creates_the_cluster_and_releases(cluster: Cluster, tmp_path: Path) -> None:
     """The whole kind flow with fake docker and kind, in a scratch checkout."""
     checkout = tmp_path / "checkout"
     (checkout / "docker").mkdir(parents=True)
     (checkout / "docker" / "serving.Dockerfile").write_text("FROM scratch\n")
     shutil.copytree(cluster.overlay, checkout / "k8s" / "overlays" / "kind")
-    mar = tmp_path / "catsdogs_e2e.mar"
+    mar = tmp_path / "some.mar"
     mar.write_bytes(b"PK fake archive")
     tools_log = tmp_path / "tools.log"
     for tool, body in {
-        "docker": 'echo "docker $*" >> "$TOOLS_LOG"; '
-        'for a in "$@"; do case "$a" in */Dockerfile) cat "$a" >> "$TOOLS_LOG";; esac; done',
-        "kind": 'echo "kind $*" >> "$TOOLS_LOG"; [ "$1" = get ] && echo catsdogs-e2e; true',
+        "docker": 'echo "docker $*" >> "$TOOLS_LOG"',
+        # No cluster yet; `create` shows the config it was given.
+        "kind": 'echo "kind $*" >> "$TOOLS_LOG"; '
+        'if [ "$2" = cluster ]; then while [ $# -gt 0 ]; do '
+        '[ "$1" = --config ] && cat "$2" >> "$TOOLS_LOG"; shift; done; fi; true',
     }.items():
         path = cluster.bin / tool
         path.write_text(f"#!/bin/sh\n{body}\n")
         path.chmod(0o755)
     # `kubectl config use-context` is not in the fake kubectl: wrap it.
-    real_fake = cluster.bin / "kubectl"
-    real_fake.rename(cluster.bin / "kubectl-fake")
+    (cluster.bin / "kubectl").rename(cluster.bin / "kubectl-fake")
     wrapper = cluster.bin / "kubectl"
     wrapper.write_text(
         '#!/bin/sh\n[ "$1" = config ] && { echo "kubectl $*" >> "$TOOLS_LOG"; exit 0; }\n'
@@ -584,11 +585,16 @@ def test_kind_e2e_builds_loads_deploys_and_smoke_tests(cluster: Cluster, tmp_pat
         cwd=checkout,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    placed = checkout / "runs" / "kind-models" / "catsdogs" / "1" / "catsdogs.mar"
+    assert placed.read_bytes() == b"PK fake archive"
     log = tools_log.read_text()
-    assert "docker build --file docker/serving.Dockerfile --tag catsdogs-serving:e2e-local-base ." in log
-    assert "COPY --chmod=0444 model.mar /home/model-server/model-store/catsdogs_e2e.mar" in log
-    assert "kind load docker-image catsdogs-serving:e2e-local --name catsdogs-e2e" in log
+    assert "kind create cluster --name catsdogs-e2e --config" in log
+    assert f"hostPath: {checkout / 'runs' / 'kind-models'}" in log
+    assert "containerPath: /model-source" in log
     assert "kubectl config use-context kind-catsdogs-e2e" in log
+    assert "docker build --file docker/serving.Dockerfile --tag catsdogs-serving:e2e-local ." in log
+    assert "kind load docker-image catsdogs-serving:e2e-local --name catsdogs-e2e" in log
+    assert log.index("kind create cluster") < log.index("kind load")
     kustomization = yaml.safe_load(cluster.state["applied_kustomization"])
     assert kustomization["images"] == [
         {"name": "catsdogs-serving", "newName": "catsdogs-serving", "newTag": "e2e-local"}
@@ -596,13 +602,67 @@ def test_kind_e2e_builds_loads_deploys_and_smoke_tests(cluster: Cluster, tmp_pat
     assert len(cluster.smoke_calls()) == 1
 
 
-def test_kind_e2e_without_cluster_fails_early(cluster: Cluster, tmp_path: Path) -> None:
-    for tool, body in {"docker": "true", "kind": "true"}.items():
+def test_kind_overlay_matches_the_e2e_script() -> None:
+    """The names kind_e2e.sh relies on are the ones the real kind overlay renders."""
+    overlay = REPO_ROOT / "k8s" / "overlays" / "kind"
+    if not REAL_KUBECTL or not overlay.is_dir():
+        pytest.skip("needs kubectl and k8s/overlays/kind")
+    rendered = subprocess.run(
+        [REAL_KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, check=True
+    ).stdout
+    docs = [d for d in yaml.safe_load_all(rendered) if d]
+    (deployment,) = [d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "torchserve"]
+    assert deployment["metadata"]["namespace"] == "catsdogs"
+    containers = deployment["spec"]["template"]["spec"]["containers"]
+    assert [c["image"].split(":")[0] for c in containers if c["name"] == "torchserve"] == ["catsdogs-serving"]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    assert {"path": "/model-source", "type": "Directory"} in [v.get("hostPath") for v in volumes]
+    settings = next(
+        d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "catsdogs-settings"
+    )
+    assert settings["data"]["MODEL_STORE_URI"] == "file:///model-source"
+    assert (settings["data"]["MODEL_NAME"], settings["data"]["MODEL_VERSION"]) == ("catsdogs", "1")
+
+
+def test_gcp_overlay_image_is_the_one_the_pipeline_overrides() -> None:
+    overlay = REPO_ROOT / "k8s" / "overlays" / "gcp"
+    if not REAL_KUBECTL or not (overlay / "kustomization.yaml").is_file():
+        pytest.skip("needs kubectl and k8s/overlays/gcp")
+    env = dict(
+        line.split("=", 1)
+        for line in subprocess.run(
+            ["bash", str(SCRIPTS / "ci_env.sh"), "--sha", "a" * 40],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd=REPO_ROOT,
+        ).stdout.splitlines()
+    )
+    rendered = subprocess.run(
+        [REAL_KUBECTL, "kustomize", str(overlay)], capture_output=True, text=True, check=True
+    ).stdout
+    (deployment,) = [
+        d
+        for d in yaml.safe_load_all(rendered)
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "torchserve"
+    ]
+    assert deployment["metadata"]["namespace"] == env["K8S_NAMESPACE"]
+    images = [c["image"] for c in deployment["spec"]["template"]["spec"]["containers"]]
+    assert all(i.rsplit(":", 1)[0] == env["SERVING_IMAGE_REPO"] for i in images), images
+
+
+@pytest.mark.parametrize(
+    "args", [["--model-version", "1; rm -rf /"], ["--overlay", "/nonexistent"], ["--bogus"]]
+)
+def test_kind_e2e_bad_usage_exits_2_before_doing_anything(cluster: Cluster, args) -> None:
+    tools_log = cluster.root / "tools.log"
+    for tool in ("docker", "kind"):
         path = cluster.bin / tool
-        path.write_text(f"#!/bin/sh\n{body}\n")
+        path.write_text(f'#!/bin/sh\necho "{tool} $*" >> {tools_log}\n')
         path.chmod(0o755)
-    result = cluster.run("kind_e2e.sh", "--overlay", str(cluster.overlay))
-    assert result.returncode == 2
+    result = cluster.run("kind_e2e.sh", *args)
+    assert result.returncode == 2, result.stderr
+    assert not tools_log.exists()
     assert cluster.calls() == []
 
 
