@@ -4,7 +4,7 @@
 #   scripts/deploy.sh --overlay k8s/overlays/gcp \
 #       [--namespace catsdogs] [--deployment torchserve] \
 #       [--image catsdogs-serving=REGISTRY/catsdogs-serving@sha256:...]... \
-#       [--release ID] [--timeout 600s] [--outputs FILE] [--record-only]
+#       [--release ID] [--model-version V] [--timeout 600s] [--outputs FILE] [--record-only]
 #
 # Before applying, the Deployment's current revision is recorded as
 # `previous_revision=N` and `recorded=true` in the outputs file (default:
@@ -17,6 +17,11 @@
 # --release ID is written into the pod template as the annotation
 # catsdogs.io/release, so every release makes a new ReplicaSet (a new revision
 # to roll back from) and `kubectl rollout history` shows what was deployed.
+# --model-version V sets MODEL_VERSION in the pod template of the serving
+# container and of the init container that fetches the .mar (names:
+# --containers torchserve,fetch-model). In the pod template, not only in the
+# settings ConfigMap, so that `kubectl rollout undo` brings the previous model
+# back along with the previous image.
 #
 # Exit status: 0 rolled out; 2 bad usage (or an --image NAME that matches no
 # image of the overlay); 3 render or apply failed; 4 rollout did not
@@ -32,6 +37,8 @@ release=""
 outputs="${GITHUB_OUTPUT:-/dev/null}"
 images=()
 record_only=false
+model_version=""
+containers="torchserve,fetch-model"
 
 die() { echo "deploy: $*" >&2; exit 2; }
 
@@ -45,7 +52,9 @@ while [[ $# -gt 0 ]]; do
     --timeout) timeout="${2:?}"; shift 2 ;;
     --outputs) outputs="${2:?}"; shift 2 ;;
     --record-only) record_only=true; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    --model-version) model_version="${2:?}"; shift 2 ;;
+    --containers) containers="${2:?}"; shift 2 ;;
+    -h|--help) sed -n '2,29p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -54,6 +63,8 @@ done
 [[ -f "$overlay/kustomization.yaml" || -f "$overlay/kustomization.yml" || -f "$overlay/Kustomization" ]] \
   || die "$overlay has no kustomization.yaml"
 [[ "$release" =~ ^[A-Za-z0-9._-]*$ ]] || die "--release must match [A-Za-z0-9._-]: $release"
+[[ "$model_version" =~ ^[A-Za-z0-9._-]*$ ]] || die "--model-version must match [A-Za-z0-9._-]: $model_version"
+IFS=',' read -r serving_container init_container <<< "$containers"
 
 # 1. Record the revision that is serving now (empty on the first deployment).
 previous_revision="$(kubectl --namespace "$namespace" get deployment "$deployment" \
@@ -69,7 +80,7 @@ $record_only && exit 0
 # 2. Layer the image overrides and the release annotation over the overlay, in
 #    a throwaway kustomization (kustomize only accepts relative paths to it).
 target="$overlay"
-if [[ ${#images[@]} -gt 0 || -n "$release" ]]; then
+if [[ ${#images[@]} -gt 0 || -n "$release" || -n "$model_version" ]]; then
   workdir="$(mktemp -d)"
   trap 'rm -rf "$workdir"' EXIT
   relative="$(realpath --relative-to="$workdir" "$overlay")"
@@ -96,7 +107,7 @@ if [[ ${#images[@]} -gt 0 || -n "$release" ]]; then
         fi
       done
     fi
-    if [[ -n "$release" ]]; then
+    if [[ -n "$release" || -n "$model_version" ]]; then
       cat <<PATCH
 patches:
 - target:
@@ -109,10 +120,31 @@ patches:
       name: ${deployment}
     spec:
       template:
+PATCH
+      if [[ -n "$release" ]]; then
+        cat <<PATCH
         metadata:
           annotations:
             catsdogs.io/release: "${release}"
 PATCH
+      fi
+      if [[ -n "$model_version" ]]; then
+        cat <<PATCH
+        spec:
+          containers:
+          - name: ${serving_container}
+            env:
+            - {name: MODEL_VERSION, value: "${model_version}"}
+PATCH
+        if [[ -n "$init_container" ]]; then
+          cat <<PATCH
+          initContainers:
+          - name: ${init_container}
+            env:
+            - {name: MODEL_VERSION, value: "${model_version}"}
+PATCH
+        fi
+      fi
     fi
   } > "$workdir/kustomization.yaml"
   target="$workdir"

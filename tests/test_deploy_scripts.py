@@ -196,6 +196,58 @@ def test_deploy_overrides_image_and_stamps_release(cluster: Cluster) -> None:
         assert template["metadata"]["annotations"]["catsdogs.io/release"] == "abc123"
 
 
+def env_of(container: dict) -> dict[str, str]:
+    return {e["name"]: e.get("value") for e in container.get("env", [])}
+
+
+@pytest.mark.skipif(not REAL_KUBECTL, reason="needs kubectl kustomize")
+def test_deploy_puts_the_model_version_in_the_pod_template(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=1)
+    result = cluster.run(
+        "deploy.sh", "--overlay", str(cluster.overlay), "--model-version", "7", "--containers", "torchserve,"
+    )
+    assert result.returncode == 0, result.stderr
+    (deployment,) = yaml.safe_load_all(cluster.state["applied_manifests"])
+    spec = deployment["spec"]["template"]["spec"]
+    assert env_of(spec["containers"][0])["MODEL_VERSION"] == "7"
+    assert "initContainers" not in spec
+
+
+@pytest.mark.skipif(not REAL_KUBECTL, reason="needs kubectl kustomize")
+def test_deploy_on_the_real_gcp_overlay(cluster: Cluster) -> None:
+    """What the pipeline's deploy step applies: image by digest, model version, release."""
+    overlay = REPO_ROOT / "k8s" / "overlays" / "gcp"
+    if not (overlay / "kustomization.yaml").is_file():
+        pytest.skip("k8s/overlays/gcp not there")
+    settings = subprocess.run(
+        ["bash", str(SCRIPTS / "ci_env.sh"), "--sha", "b" * 40],
+        capture_output=True,
+        text=True,
+        check=True,
+        cwd=REPO_ROOT,
+    ).stdout
+    repo = dict(line.split("=", 1) for line in settings.splitlines())["SERVING_IMAGE_REPO"]
+    ref = f"{repo}@sha256:{'c' * 64}"
+    cluster.set(exists=True, revision=3)
+    result = cluster.run(
+        "deploy.sh", "--overlay", str(overlay), "--image", f"{repo}={ref}",
+        "--model-version", "42", "--release", "git-bbbbbbbbbbbb",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    (deployment,) = [
+        d
+        for d in yaml.safe_load_all(cluster.state["applied_manifests"])
+        if d and d["kind"] == "Deployment" and d["metadata"]["name"] == "torchserve"
+    ]
+    template = deployment["spec"]["template"]
+    assert template["metadata"]["annotations"]["catsdogs.io/release"] == "git-bbbbbbbbbbbb"
+    pods = template["spec"]["containers"] + template["spec"]["initContainers"]
+    assert {c["name"] for c in pods} >= {"torchserve", "fetch-model"}
+    for container in pods:
+        assert container["image"] == ref
+        assert env_of(container)["MODEL_VERSION"] == "42"
+
+
 def test_deploy_image_with_tag(cluster: Cluster) -> None:
     cluster.set(exists=True, revision=1)
     result = cluster.run(
@@ -243,6 +295,7 @@ def test_deploy_refuses_an_image_override_that_matches_nothing(cluster: Cluster)
         ["--overlay", "/nonexistent"],
         ["--overlay", "OVERLAY", "--image", "no-equals-sign"],
         ["--overlay", "OVERLAY", "--release", "bad release; rm -rf /"],
+        ["--overlay", "OVERLAY", "--model-version", "1\nkind: Secret"],
         ["--bogus"],
     ],
 )

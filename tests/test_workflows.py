@@ -174,6 +174,8 @@ def test_deploy_needs_the_pipeline_and_the_image() -> None:
     assert "needs.build-image.outputs.image" in str(steps(deploy)[apply].get("env", {}))
     # The override names the image as the gcp overlay renders it (same settings file).
     assert '--image "${SERVING_IMAGE_REPO}=${IMAGE}"' in texts[apply]
+    # The model version goes into the pod template, so a rollback restores the old model too.
+    assert '--model-version "$MODEL_VERSION"' in texts[apply]
     assert "google-github-actions/get-gke-credentials" in {uses(s) for s in steps(deploy)}
     assert deploy["outputs"]["previous_revision"] == "${{ steps.record.outputs.previous_revision }}"
     assert deploy["outputs"]["recorded"] == "${{ steps.record.outputs.recorded }}"
