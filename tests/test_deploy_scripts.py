@@ -33,6 +33,7 @@ OWN_SCRIPTS = [
     "ci_env.sh",
     "run_training_pipeline.sh",
     "validate_manifests.sh",
+    "fetch_test_photos.sh",
 ]
 
 DEPLOYMENT = """\
@@ -717,6 +718,30 @@ def test_kind_e2e_bad_usage_exits_2_before_doing_anything(cluster: Cluster, args
     assert result.returncode == 2, result.stderr
     assert not tools_log.exists()
     assert cluster.calls() == []
+
+
+# --- fetch_test_photos.sh ------------------------------------------------------------------
+
+
+@pytest.mark.skipif(not (shutil.which("curl") and shutil.which("unzip")), reason="needs curl, unzip")
+def test_fetch_test_photos_extracts_petimages_once(tmp_path: Path) -> None:
+    import zipfile
+
+    archive = tmp_path / "kagglecatsanddogs.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("PetImages/Cat/1.jpg", b"cat")
+        zf.writestr("PetImages/Dog/1.jpg", b"dog")
+        zf.writestr("readme[1].txt", b"not extracted")
+    dest = tmp_path / "photos"
+    env = {**os.environ, "PETIMAGES_URL": archive.as_uri()}
+    script = str(SCRIPTS / "fetch_test_photos.sh")
+    first = subprocess.run(["bash", script, str(dest)], env=env, capture_output=True, text=True)
+    assert first.returncode == 0, first.stderr
+    assert (dest / "PetImages" / "Cat" / "1.jpg").read_bytes() == b"cat"
+    assert not (dest / "readme[1].txt").exists()
+    archive.unlink()  # a second run must not download again
+    second = subprocess.run(["bash", script, str(dest)], env=env, capture_output=True, text=True)
+    assert second.returncode == 0 and "already" in second.stdout
 
 
 # --- hygiene -----------------------------------------------------------------------------
