@@ -384,6 +384,7 @@ def test_no_workflow_prints_or_stores_a_secret(path: Path) -> None:
         "env: {KEY: '${{ secrets.KEY }}'}\n        run: echo \"$KEY\" > key.txt",
         "env: {KEY: '${{ secrets.KEY }}'}\n        run: printf %s \"${KEY}\" | tee key.txt",
     ],
+    ids=["echo", "set-x", "action-input", "redirect", "tee"],
 )
 def test_secret_check_catches_leaks(bad: str) -> None:
     text = f"on: push\njobs:\n  j:\n    runs-on: x\n    steps:\n      - {bad}\n"
