@@ -101,7 +101,12 @@ def _open_checked(data: bytes, fmt: str, max_pixels: int, min_side: int) -> Imag
     try:
         image = Image.open(io.BytesIO(data), formats=[fmt])
     except Image.DecompressionBombError as exc:
-        raise ImageDecodeError("image_too_large", str(exc)) from exc
+        # Pillow's own guard (about 179 megapixels) fired while reading the header; name our
+        # limit too, or the message would suggest anything under Pillow's is accepted.
+        raise ImageDecodeError(
+            "image_too_large",
+            f"{exc} The limit here is {max_pixels:,} pixels; resize the image before sending it",
+        ) from exc
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
         raise ImageDecodeError("corrupt_image", f"the {fmt} header cannot be read ({exc})") from exc
     width, height = image.size

@@ -1,61 +1,215 @@
 """The handler in-process, with TorchServe's real Context objects (no server, no mocks).
 
-Fast checks of what the server tests cannot see directly: the handler's tensor is
-the training pipeline's tensor, a batch answers item by item with per-item
-statuses, and a label map that disagrees with the model is refused at load.
+Fast checks of what the server tests cannot see directly, on a tiny model fitted
+in the test and loaded from an unpacked ``.mar``: every request form TorchServe
+hands a handler (it passes raw bodies as ``bytearray``, multipart fields under
+their names, and has already parsed JSON bodies into dicts and text into str),
+every bad input kind with its own status, odd-but-good images, a batch where one
+bad item never touches its neighbours' answers, and the handler's tensor being
+the training pipeline's tensor for the same real photo.
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import logging
+import re
 import zipfile
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 import torch
 import yaml
+from PIL import Image
 from ts.context import Context, RequestProcessor
+from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
 from handlers.cpu_limit import cpu_limit, threads_per_worker
 from handlers.image_classifier import ImageClassifierHandler
 from handlers.preprocessing import eval_transform
 from handlers.serving_metrics import CUSTOM_METRICS
 from steps.packaging import SERVING_MODULES, PackagingError, build_mar
-from tests.torchserve_fixtures import KNOWN_CAT, KNOWN_DOG, fitted_tiny_bundle
+from tests.torchserve_fixtures import *  # noqa: F403  (cat_photo, dog_photo: session fixtures)
+from tests.torchserve_fixtures import (
+    KNOWN_CAT,
+    KNOWN_DOG,
+    bad_images,
+    encode,
+    odd_images,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def bundle(petimages_dir: Path) -> dict:
-    return fitted_tiny_bundle(petimages_dir)
-
-
-@pytest.fixture(scope="module")
-def unpacked_mar(bundle: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def unpacked_mar(tiny_mar: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The .mar unpacked the way TorchServe unpacks it into the model directory."""
-    mar = build_mar(bundle, tmp_path_factory.mktemp("mar"))
     target = tmp_path_factory.mktemp("model_dir")
-    zipfile.ZipFile(mar).extractall(target)
+    zipfile.ZipFile(tiny_mar).extractall(target)
     return target
+
+
+def _initialized_handler(model_dir: Path, metrics: Any = None) -> ImageClassifierHandler:
+    """``initialize`` as TorchServe calls it: manifest, model-config.yaml and metrics from the .mar."""
+    manifest = json.loads((model_dir / "MAR-INF" / "MANIFEST.json").read_text())
+    config = yaml.safe_load((model_dir / "model-config.yaml").read_text())
+    context = Context("catsdogs", str(model_dir), manifest, 8, None, "0.12.0",
+                      metrics=metrics, model_yaml_config=config)  # fmt: skip
+    handler = ImageClassifierHandler()
+    handler.initialize(context)
+    return handler
 
 
 @pytest.fixture(scope="module")
 def handler(unpacked_mar: Path) -> ImageClassifierHandler:
-    manifest = json.loads((unpacked_mar / "MAR-INF" / "MANIFEST.json").read_text())
-    config = yaml.safe_load((unpacked_mar / "model-config.yaml").read_text())
-    context = Context("catsdogs", str(unpacked_mar), manifest, 8, None, "0.12.0",
-                      model_yaml_config=config)  # fmt: skip
-    handler = ImageClassifierHandler()
-    handler.initialize(context)
-    return handler
+    return _initialized_handler(unpacked_mar)
 
 
 def _context(n: int) -> Context:
     context = Context("catsdogs", "", {}, n, None, "0.12.0")
     context.request_processor = [RequestProcessor({}) for _ in range(n)]
     return context
+
+
+def _handle(handler: ImageClassifierHandler, rows: list[dict]) -> tuple[list[Any], list[int]]:
+    """One batch through ``handle``: the answers and the per-item HTTP statuses."""
+    context = _context(len(rows))
+    answers = handler.handle(rows, context)
+    assert len(answers) == len(rows)
+    return answers, [context.get_response_status(i)[0] for i in range(len(rows))]
+
+
+def _b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def _check_answer(answer: dict, version: str = "test-1") -> None:
+    assert set(answer) == {"label", "confidence", "probabilities", "model_version"}, answer
+    assert set(answer["probabilities"]) == {"cat", "dog"}
+    assert answer["confidence"] == answer["probabilities"][answer["label"]] >= 0.5
+    assert abs(sum(answer["probabilities"].values()) - 1) < 1e-5
+    assert answer["model_version"] == version
+
+
+# ---------------------------------------------------------------- request forms
+
+# How TorchServe's worker hands each client form to the handler (ts/protocol/otf_message_handler):
+# raw body -> "body": bytearray; multipart -> one key per field; application/json -> parsed
+# object; text/* -> str.
+REQUEST_FORMS = {
+    "raw body": lambda photo: {"body": bytearray(photo)},
+    "raw body as bytes": lambda photo: {"body": photo},
+    "multipart field data": lambda photo: {"data": bytearray(photo)},
+    "multipart field file": lambda photo: {"file": bytearray(photo)},
+    "json base64": lambda photo: {"body": {"image": _b64(photo)}},
+    "json base64 data url": lambda photo: {"body": {"image": "data:image/jpeg;base64," + _b64(photo)}},
+    "json sent as octet-stream": lambda photo: {
+        "body": bytearray(json.dumps({"image": _b64(photo)}).encode())
+    },
+    "json sent as text/plain": lambda photo: {"body": json.dumps({"image": _b64(photo)})},
+}
+
+
+@pytest.mark.parametrize("form", list(REQUEST_FORMS))
+def test_every_request_form_gives_the_same_answer(handler, cat_photo, dog_photo, form):
+    build = REQUEST_FORMS[form]
+    answers, statuses = _handle(handler, [build(cat_photo), build(dog_photo)])
+    assert statuses == [200, 200]
+    for answer in answers:
+        _check_answer(answer)
+    assert [a["label"] for a in answers] == ["cat", "dog"]
+    reference, _ = _handle(handler, [{"body": cat_photo}, {"body": dog_photo}])
+    assert answers == reference  # the form never changes the answer
+
+
+# ---------------------------------------------------------------- bad inputs
+
+BAD_REQUESTS: dict[str, tuple[dict, str, int]] = {
+    "no field at all": ({}, "bad_request", 400),
+    "wrong multipart field": ({"photo": bytearray(b"\xff\xd8\xff")}, "bad_request", 400),
+    "null body": ({"body": None}, "bad_request", 400),
+    "bad base64": ({"body": {"image": "***not base64***"}}, "bad_request", 400),
+    "json without image": ({"body": {"picture": "abc"}}, "bad_request", 400),
+    "json image not a string": ({"body": {"image": 42}}, "bad_request", 400),
+    "bad json as octet-stream": ({"body": bytearray(b'{"image": "abc')}, "bad_request", 400),
+    "text that is not json": ({"body": "hello there"}, "bad_request", 400),
+    "base64 of text": ({"body": {"image": _b64(b"hello, not a photo")}}, "not_an_image", 415),
+}
+
+
+def test_every_bad_input_kind_gets_its_code_status_and_message(handler, cat_photo):
+    """Decoder refusals (empty, truncated, bomb, ...) and request refusals, all in one batch."""
+    cases = {name: ({"body": bytearray(body)}, code, status)
+             for name, (body, code, status) in bad_images(cat_photo).items()}  # fmt: skip
+    cases.update(BAD_REQUESTS)
+    assert {"empty", "truncated", "text", "bomb", "too_small"} <= set(cases)
+    answers, statuses = _handle(handler, [row for row, _, _ in cases.values()])
+    for (name, (_row, code, status)), answer, got in zip(cases.items(), answers, statuses, strict=True):
+        assert (got, answer.get("error")) == (status, code), f"{name}: {answer}"
+        assert set(answer) == {"error", "message"}, name
+        assert len(answer["message"]) > 10, name
+
+
+def test_decompression_bomb_is_refused_from_the_header(handler):
+    """A 2.5-gigapixel PNG header over a few bytes of data: refused without decoding pixels."""
+    from tests.torchserve_fixtures import png_claiming_size
+
+    bomb = png_claiming_size(50_000, 50_000)
+    assert len(bomb) < 200
+    answers, statuses = _handle(handler, [{"body": bytearray(bomb)}])
+    assert statuses == [413]
+    assert answers[0]["error"] == "image_too_large"
+    assert "2500000000 pixels" in answers[0]["message"]
+    assert "limit here is 40,000,000 pixels" in answers[0]["message"]
+
+
+# ---------------------------------------------------------------- odd but good images
+
+
+def test_every_odd_but_good_image_is_answered(handler, cat_photo):
+    """Grayscale, CMYK, palette, alpha, 16-bit, EXIF-rotated; PNG, GIF, WebP, BMP, TIFF."""
+    images = odd_images(cat_photo)
+    assert {"grayscale", "cmyk", "palette_alpha", "rgba", "gray16", "exif_rotated",
+            "png", "gif", "webp", "bmp"} <= set(images)  # fmt: skip
+    answers, statuses = _handle(handler, [{"body": bytearray(b)} for b in images.values()])
+    for name, answer, status in zip(images, answers, statuses, strict=True):
+        assert status == 200, f"{name}: {answer}"
+        _check_answer(answer)
+
+
+def test_lossless_formats_give_the_tensor_of_the_pixels(handler, cat_photo):
+    """PNG, BMP, TIFF and lossless WebP of one RGB image are the same tensor."""
+    rgb = Image.open(io.BytesIO(cat_photo)).convert("RGB")
+    expected = handler.transform(rgb)
+    for fmt, kwargs in (("PNG", {}), ("BMP", {}), ("TIFF", {}), ("WEBP", {"lossless": True})):
+        tensor = handler.preprocess_one({"body": encode(rgb, fmt, **kwargs)})
+        assert torch.equal(tensor, expected), fmt
+
+
+def test_exif_orientation_is_applied_before_the_transform(handler, cat_photo):
+    """Orientation 6 (camera held upright): the model sees the photo turned 90 degrees clockwise."""
+    rgb = Image.open(io.BytesIO(cat_photo)).convert("RGB").crop((0, 0, 200, 120))
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    plain = encode(rgb, "JPEG", quality=95)
+    rotated = encode(rgb, "JPEG", quality=95, exif=exif)
+    upright = Image.open(io.BytesIO(plain)).convert("RGB").transpose(Image.Transpose.ROTATE_270)
+    assert upright.size == (120, 200)
+    assert torch.equal(handler.preprocess_one({"body": rotated}), handler.transform(upright))
+
+
+def test_transparent_pixels_are_flattened_onto_white(handler):
+    clear = Image.new("RGBA", (64, 64), (0, 0, 0, 0))  # black, fully transparent
+    white = Image.new("RGB", (64, 64), (255, 255, 255))
+    tensor = handler.preprocess_one({"body": encode(clear, "PNG")})
+    assert torch.equal(tensor, handler.transform(white))
+
+
+# ---------------------------------------------------------------- batches
 
 
 def test_handler_tensor_equals_training_tensor(handler, petimages_dir: Path):
@@ -89,13 +243,52 @@ def test_batch_answers_each_item_with_its_own_status(handler, petimages_dir: Pat
     assert all(context.get_response_content_type(i) == "application/json" for i in range(5))
 
 
-def test_all_bad_batch_never_calls_the_model(handler):
-    context = _context(2)
-    answers = handler.handle([{"body": b""}, {"body": b"xx"}], context)
+def test_one_bad_item_never_changes_its_neighbours_answers(handler, cat_photo, dog_photo):
+    """A full batch of 8 with one bad item: the 7 good answers are those each gets alone."""
+    goods = [cat_photo, dog_photo, *odd_images(cat_photo).values()][:7]
+    rows: list[dict] = [{"body": bytearray(b)} for b in goods]
+    rows.insert(3, {"body": bytearray(b"%PDF-1.4 not a photo")})
+    answers, statuses = _handle(handler, rows)
+    assert statuses == [200, 200, 200, 415, 200, 200, 200, 200]
+    assert answers[3]["error"] == "not_an_image"
+    alone = [_handle(handler, [{"body": bytearray(b)}])[0][0] for b in goods]
+    batched = answers[:3] + answers[4:]
+    for single, in_batch in zip(alone, batched, strict=True):
+        assert single["label"] == in_batch["label"]
+        for name in ("cat", "dog"):
+            assert in_batch["probabilities"][name] == pytest.approx(single["probabilities"][name], abs=1e-4)
+
+
+def test_all_bad_batch_never_calls_the_model(handler, monkeypatch):
+    def no_model(_batch: torch.Tensor) -> torch.Tensor:
+        raise AssertionError("the model must not run for a batch without a good image")
+
+    monkeypatch.setattr(handler, "predict", no_model)
+    answers, statuses = _handle(handler, [{"body": b""}, {"body": b"xx"}])
     assert [a["error"] for a in answers] == ["empty_image", "not_an_image"]
+    assert statuses == [400, 415]
 
 
-def test_label_map_must_match_training_class_order(bundle: dict, unpacked_mar: Path, tmp_path):
+def test_custom_metrics_are_emitted_through_torchserves_cache(unpacked_mar, cat_photo, caplog):
+    """What the frontend turns into Prometheus series: by label, by error type, histograms."""
+    cache = MetricsCacheYamlImpl(str(REPO / "serve_config" / "metrics.yaml"))
+    cache.initialize_cache()
+    handler = _initialized_handler(unpacked_mar, metrics=cache)
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        _handle(handler, [{"body": cat_photo}, {"body": b""}, {"body": b"plain text"}])
+    # The worker's metric line: [METRICS]<name>.<unit>:<value>|#<dim>:<v>,...|#type:...
+    line = re.compile(r"\[METRICS\](\w+)\.\w+:([^|]+)\|#([^|]*)\|")
+    emitted = [m.groups() for r in caplog.records if (m := line.match(r.getMessage()))]
+    assert {name for name, _, _ in emitted} == set(CUSTOM_METRICS)
+    assert all(dims.startswith("ModelName:catsdogs,ModelVersion:test-1") for _, _, dims in emitted)
+    counters = sorted((name, dims.split(",")[-1]) for name, value, dims in emitted
+                      if name.endswith("_total") and float(value) == 1)  # fmt: skip
+    assert counters == [("catsdogs_predictions_total", "Label:cat"),
+                        ("catsdogs_request_errors_total", "ErrorType:empty_image"),
+                        ("catsdogs_request_errors_total", "ErrorType:not_an_image")]  # fmt: skip
+
+
+def test_label_map_must_match_training_class_order(unpacked_mar: Path, tmp_path):
     (tmp_path / "index_to_name.json").write_text(json.dumps({"0": "dog", "1": "cat"}))
     with pytest.raises(RuntimeError, match="index_to_name"):
         ImageClassifierHandler().load(unpacked_mar / "model.pt", tmp_path / "index_to_name.json")

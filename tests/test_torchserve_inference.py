@@ -5,25 +5,14 @@ from __future__ import annotations
 import base64
 import json
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 
 import pytest
 import requests
 
 from tests.torchserve_fixtures import *  # noqa: F403  (session fixtures: one shared server)
-from tests.torchserve_fixtures import KNOWN_CAT, KNOWN_DOG, MODEL_NAME, bad_images, odd_images
+from tests.torchserve_fixtures import MODEL_NAME, bad_images, odd_images
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture(scope="module")
-def cat_photo(petimages_dir: Path) -> bytes:
-    return (petimages_dir / KNOWN_CAT).read_bytes()
-
-
-@pytest.fixture(scope="module")
-def dog_photo(petimages_dir: Path) -> bytes:
-    return (petimages_dir / KNOWN_DOG).read_bytes()
 
 
 def _url(client) -> str:

@@ -21,7 +21,7 @@ from handlers.models import ModelMetadata, build_model, make_bundle
 from handlers.preprocessing import preprocess_bytes
 
 # What ``from tests.torchserve_fixtures import *`` brings in: the fixtures only.
-__all__ = ["tiny_bundle", "tiny_mar", "torchserve_server", "ts_client"]
+__all__ = ["cat_photo", "dog_photo", "tiny_bundle", "tiny_mar", "torchserve_server", "ts_client"]
 
 MODEL_NAME = "catsdogs"
 TEST_IMAGE_SIZE = 64
@@ -53,6 +53,18 @@ def fitted_tiny_bundle(petimages: Path, version: str = "test-1", swap_labels: bo
         optimizer.step()
     model.eval()
     return make_bundle(model, metadata)
+
+
+@pytest.fixture(scope="session")
+def cat_photo(petimages_dir: Path) -> bytes:
+    """The real photo the tiny model is fitted to call a cat."""
+    return (petimages_dir / KNOWN_CAT).read_bytes()
+
+
+@pytest.fixture(scope="session")
+def dog_photo(petimages_dir: Path) -> bytes:
+    """The real photo the tiny model is fitted to call a dog."""
+    return (petimages_dir / KNOWN_DOG).read_bytes()
 
 
 @pytest.fixture(scope="session")
