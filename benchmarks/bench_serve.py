@@ -281,9 +281,9 @@ def main(argv: list[str] | None = None) -> int:
             port = torchserve_local.free_port()
             fastapi = start_fastapi(bundle, port)
             fastapi_url = f"http://127.0.0.1:{port}/predictions/catsdogs"
-            senders["FastAPI + uvicorn"] = lambda s, body: s.post(
-                fastapi_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60
-            ).status_code
+            senders["FastAPI + uvicorn"] = lambda s, body: (
+                s.post(fastapi_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60).status_code
+            )
         for send in senders.values():
             run_load(send, photos, 2, 10)  # warm-up
 
@@ -293,11 +293,9 @@ def main(argv: list[str] | None = None) -> int:
             names = [name for name in senders if concurrency == 1 or "in-process" not in name]
             parts: dict[str, list[Samples]] = {name: [] for name in names}
             for round_ in range(args.rounds):
-                order = names[round_ % len(names):] + names[: round_ % len(names)]
+                order = names[round_ % len(names) :] + names[: round_ % len(names)]
                 for name in order:
-                    parts[name].append(
-                        run_load(senders[name], photos, concurrency, max(1, n // args.rounds))
-                    )
+                    parts[name].append(run_load(senders[name], photos, concurrency, max(1, n // args.rounds)))
             for name in names:
                 results.append(summarize(name, concurrency, parts[name]))
                 logger.info(results[-1].row())

@@ -80,9 +80,7 @@ class ImageClassifierHandler:
 
         config = getattr(context, "model_yaml_config", None) or {}
         workers = int(config.get("minWorkers", 1))
-        threads = int(config.get("handler", {}).get("intra_op_threads", 0)) or threads_per_worker(
-            workers
-        )
+        threads = int(config.get("handler", {}).get("intra_op_threads", 0)) or threads_per_worker(workers)
         torch.set_num_threads(threads)
         self.metrics = ServingMetrics(context.metrics, context.model_name, self.version)
         logger.info(
@@ -104,9 +102,7 @@ class ImageClassifierHandler:
                     f"{self.class_names}; rebuild the .mar from the training bundle"
                 )
         self.version = str(self.metadata.version)
-        self.transform = eval_transform(
-            self.metadata.image_size, self.metadata.mean, self.metadata.std
-        )
+        self.transform = eval_transform(self.metadata.image_size, self.metadata.mean, self.metadata.std)
         self.initialized = True
 
     # ------------------------------------------------------------------ serve

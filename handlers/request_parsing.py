@@ -59,7 +59,7 @@ def extract_image_bytes(row: dict[str, Any]) -> bytes:
         except json.JSONDecodeError as exc:
             raise BadRequestError(
                 "text body is not JSON; send the image bytes with an image/* or "
-                "application/octet-stream content type, or JSON {\"image\": \"<base64>\"}"
+                'application/octet-stream content type, or JSON {"image": "<base64>"}'
             ) from exc
     if isinstance(payload, dict):
         return _decode_base64_field(payload)

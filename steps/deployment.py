@@ -50,9 +50,7 @@ def mar_manifest(mar_path: Path) -> dict[str, Any]:
 
 def _server(run_dir: str | Path | None) -> tuple[torchserve_local.ServerSettings, TorchServeClient]:
     """Start the local server for ``run_dir`` or reuse the one already running there."""
-    settings = torchserve_local.ServerSettings(
-        run_dir=str(run_dir or torchserve_local.default_run_dir())
-    )
+    settings = torchserve_local.ServerSettings(run_dir=str(run_dir or torchserve_local.default_run_dir()))
     running = torchserve_local.load_running(settings.root)
     settings = running or torchserve_local.start(settings)
     return settings, TorchServeClient.for_local(settings)
@@ -108,8 +106,7 @@ def smoke_test_candidate(
                 logger.warning("could not unregister %s", candidate.version, exc_info=True)
         serving = candidate.previous_version or "no version"
         raise DeploymentError(
-            f"{candidate.model_name} {candidate.version} was not promoted ({exc}); "
-            f"{serving} keeps serving"
+            f"{candidate.model_name} {candidate.version} was not promoted ({exc}); {serving} keeps serving"
         ) from exc
 
 

@@ -39,9 +39,7 @@ def default_photo(label: str) -> Path:
     override = os.environ.get(f"CATSDOGS_SMOKE_{label.upper()}")
     if override:
         return Path(override)
-    root = Path(
-        os.environ.get("CATSDOGS_PETIMAGES", REPO_ROOT.parent / "shared" / "datasets" / "petimages")
-    )
+    root = Path(os.environ.get("CATSDOGS_PETIMAGES", REPO_ROOT.parent / "shared" / "datasets" / "petimages"))
     return root / label.capitalize() / "1.jpg"
 
 

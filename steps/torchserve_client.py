@@ -105,9 +105,7 @@ class TorchServeClient:
         }
         if response_timeout:
             params["response_timeout"] = response_timeout
-        return self._management(
-            "POST", "/models", f"registering {mar_name}", params=params, timeout=300
-        )
+        return self._management("POST", "/models", f"registering {mar_name}", params=params, timeout=300)
 
     def describe(self, model: str, version: str | None = None) -> list[dict[str, Any]]:
         path = f"/models/{model}" + (f"/{version}" if version else "")
@@ -131,9 +129,7 @@ class TorchServeClient:
             raise
 
     def set_default(self, model: str, version: str) -> None:
-        self._management(
-            "PUT", f"/models/{model}/{version}/set-default", f"promoting {model} {version}"
-        )
+        self._management("PUT", f"/models/{model}/{version}/set-default", f"promoting {model} {version}")
 
     def unregister(self, model: str, version: str) -> None:
         self._management("DELETE", f"/models/{model}/{version}", f"removing {model} {version}")

@@ -23,7 +23,7 @@ def test_missing_java_gives_one_line_with_the_fix(monkeypatch, tmp_path):
 def test_old_java_is_refused(monkeypatch, tmp_path):
     java = tmp_path / "bin" / "java"
     java.parent.mkdir()
-    java.write_text('#!/bin/sh\necho \'openjdk version "11.0.2" 2019-01-15\' >&2\n')
+    java.write_text("#!/bin/sh\necho 'openjdk version \"11.0.2\" 2019-01-15' >&2\n")
     java.chmod(0o755)
     monkeypatch.setenv("JAVA_HOME", str(tmp_path))
     with pytest.raises(torchserve_local.TorchServeError, match="Java 11"):
@@ -34,9 +34,7 @@ def test_rendered_config_is_secure_and_complete(tmp_path):
     settings = torchserve_local.ServerSettings(run_dir=str(tmp_path), enable_model_api=False)
     settings.model_store.mkdir(parents=True)
     text = torchserve_local.render_config(settings, load_models="").read_text()
-    props = dict(
-        line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#")
-    )
+    props = dict(line.split("=", 1) for line in text.splitlines() if "=" in line and not line.startswith("#"))
     assert "$" not in text.replace("${", "")  # every placeholder filled
     assert "${" not in text
     assert props["disable_token_authorization"] == "false"
