@@ -16,6 +16,8 @@ import io
 import json
 import logging
 import re
+import subprocess
+import sys
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -305,6 +307,42 @@ def test_mar_holds_only_serving_files(unpacked_mar: Path):
     for module in SERVING_MODULES:
         source = (unpacked_mar / "handlers" / module).read_text()
         assert "import zenml" not in source and "import mlflow" not in source, module
+
+
+# Run in a fresh interpreter that can only see the unpacked .mar (as TorchServe's worker
+# does: the model directory is on sys.path) and cannot import training-side packages.
+SERVE_FROM_ARCHIVE_ONLY = """
+import json, sys
+model_dir = sys.argv[1]
+for blocked in ("zenml", "mlflow", "steps", "pipelines", "pandas", "sklearn"):
+    sys.modules[blocked] = None  # any import of these now raises ImportError
+sys.path.insert(0, model_dir)
+from ts.context import Context, RequestProcessor
+import image_classifier
+manifest = json.load(open(model_dir + "/MAR-INF/MANIFEST.json"))
+context = Context("catsdogs", model_dir, manifest, 1, None, "0.12.0")
+handler = image_classifier.ImageClassifierHandler()
+handler.initialize(context)
+context.request_processor = [RequestProcessor({})]
+answer = handler.handle([{"body": bytearray(open(sys.argv[2], "rb").read())}], context)[0]
+loaded = sorted({m.split(".")[0] for m in sys.modules if sys.modules[m] is not None})
+print(json.dumps({"answer": answer, "handlers_file": sys.modules["handlers"].__file__,
+                  "loaded": loaded}))
+"""
+
+
+def test_archive_serves_without_training_packages(unpacked_mar: Path, petimages_dir: Path):
+    """Serving needs torch, torchvision and the archive's own files: no ZenML, MLflow or steps."""
+    photo = petimages_dir / KNOWN_CAT
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", SERVE_FROM_ARCHIVE_ONLY, str(unpacked_mar), str(photo)],
+        cwd=unpacked_mar, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr[-3000:]
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["answer"]["label"] == "cat"
+    assert Path(result["handlers_file"]).resolve().is_relative_to(unpacked_mar.resolve())
+    assert not {"zenml", "mlflow", "steps", "pipelines"} & set(result["loaded"])
 
 
 def test_packaging_refuses_what_is_not_a_bundle(tmp_path):

@@ -67,22 +67,27 @@ def dog_photo(petimages_dir: Path) -> bytes:
     return (petimages_dir / KNOWN_DOG).read_bytes()
 
 
+# Several modules star-import these fixtures, and pytest then keeps one copy of each
+# session fixture per module. So what costs seconds is built once per test session
+# here: the fitted model, its .mar and the server (the first start wins, the last
+# teardown stops it).
+_SHARED: dict = {"settings": None, "users": 0, "bundle": None, "mar": None}
+
+
 @pytest.fixture(scope="session")
 def tiny_bundle(petimages_dir: Path) -> dict:
-    return fitted_tiny_bundle(petimages_dir)
+    if _SHARED["bundle"] is None:
+        _SHARED["bundle"] = fitted_tiny_bundle(petimages_dir)
+    return _SHARED["bundle"]
 
 
 @pytest.fixture(scope="session")
 def tiny_mar(tiny_bundle: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
     from steps.packaging import build_mar
 
-    return build_mar(tiny_bundle, tmp_path_factory.mktemp("mar"), model_name=MODEL_NAME)
-
-
-# One server per test session even when several modules star-import these fixtures
-# (pytest then creates one session fixture per module): the first start wins, the
-# last teardown stops it.
-_SHARED: dict = {"settings": None, "users": 0}
+    if _SHARED["mar"] is None:
+        _SHARED["mar"] = build_mar(tiny_bundle, tmp_path_factory.mktemp("mar"), model_name=MODEL_NAME)
+    return _SHARED["mar"]
 
 
 @pytest.fixture(scope="session")
