@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from steps import torchserve_local
-from steps.deployment import DeploymentError, deploy_latest, deploy_mar
+from steps.deployment import DeploymentError, deploy_latest, deploy_mar, mar_manifest
 from steps.packaging import build_mar
 from steps.torchserve_client import TorchServeClient
 from tests.torchserve_fixtures import MODEL_NAME, fitted_tiny_bundle
@@ -79,16 +79,34 @@ def test_archive_whose_workers_cannot_load_is_refused(run_dir, petimages_dir, tm
 
 @pytest.mark.slow  # a first ZenML run costs over a minute on 2 cores
 def test_zenml_deployment_pipeline_promotes_next_version(run_dir, petimages_dir, tmp_path):
-    from pipelines.deployment import deployment_pipeline
+    """On the local stack (MLflow tracker): the .mar is a ZenML and an MLflow artifact."""
+    import mlflow
+    from zenml.client import Client
 
+    from pipelines.deployment import deployment_pipeline
+    from scripts.setup_local_stack import main as setup_local_stack
+
+    assert setup_local_stack() == 0
     bundle_file = tmp_path / "model.pt"
     torch.save(fitted_tiny_bundle(petimages_dir, "dep-2"), bundle_file)
-    deployment_pipeline(bundle_path=str(bundle_file), run_dir=str(run_dir))
+    run = deployment_pipeline(bundle_path=str(bundle_file), run_dir=str(run_dir))
     client = _client(run_dir)
     assert client.default_version(MODEL_NAME) == "dep-2"
     assert sorted(client.versions(MODEL_NAME)) == ["dep-1", "dep-2"]  # one rollback target
     record = json.loads((run_dir / "default_model.json").read_text())
     assert record["version"] == "dep-2"
+
+    run = Client().get_pipeline_run(run.id)
+    mar_artifact = run.steps["package_model"].outputs["torchserve_mar"][0]
+    assert mar_manifest(Path(mar_artifact.load()))["model"]["modelVersion"] == "dep-2"
+    tracking = mlflow.MlflowClient(Client().active_stack.experiment_tracker.get_tracking_uri())
+    mlflow_runs = tracking.search_runs(
+        [e.experiment_id for e in tracking.search_experiments()],
+        filter_string="tags.torchserve_mar = 'catsdogs_dep-2.mar'",
+    )
+    assert len(mlflow_runs) == 1
+    logged = [a.path for a in tracking.list_artifacts(mlflow_runs[0].info.run_id, "torchserve")]
+    assert logged == ["torchserve/catsdogs_dep-2.mar"]
 
 
 def test_smoke_test_cli_against_the_running_server(run_dir):
