@@ -206,27 +206,6 @@ def test_gcp_overlay_uses_the_settings_file() -> None:
     )
 
 
-def test_project_id_is_written_in_one_place_only() -> None:
-    """configs/gcp.env names the project; only files generated from it may repeat it.
-
-    Prose (``*.md``) may quote example values; code, configs and manifests may not.
-    """
-    project = load_gcp_settings(use_environ=False).GCP_PROJECT
-    generated = {"zenml_stack.yaml", "configs/gcp.yaml", "k8s/overlays/gcp/settings.yaml"}
-    tracked = subprocess.run(
-        ["git", "ls-files", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, text=True, check=True,
-    ).stdout.split()
-    offenders = [
-        path for path in tracked
-        if path not in generated | {"configs/gcp.env"}
-        and not path.endswith(".md")
-        and (REPO_ROOT / path).is_file()
-        and project in (REPO_ROOT / path).read_text(errors="ignore")
-    ]
-    assert not offenders, f"project id {project!r} hard-coded in {offenders}"
-
-
 def test_zenml_server_helm_values() -> None:
     values = yaml.safe_load((K8S / "zenml" / "values.yaml").read_text())
     stack = yaml.safe_load((REPO_ROOT / "zenml_stack.yaml").read_text())
