@@ -6,6 +6,10 @@
 #
 # ZenML reads ZENML_STORE_URL / ZENML_STORE_API_KEY (a service account API key)
 # from the environment, so the key is never put on a command line or printed.
+# First `python -m steps.gcp_preflight` checks, before any work starts, the
+# settings, the stack file, the Google credentials, the bucket and its photos
+# and the ZenML secrets, and stops with one line saying what to set. PYTHON is
+# the interpreter with requirements.txt installed (default: python3).
 # The stack named in the stack file is activated, imported first when the
 # server does not have it yet. Then:
 #
@@ -14,13 +18,14 @@
 # whose quality gate fails the run when the model is below the minimum accuracy.
 # On success `pipeline_passed=true` is appended to the outputs file (default:
 # $GITHUB_OUTPUT), which is what lets the image build and the deploy start.
-# Exit status: 0 passed; 2 bad usage or missing settings; 6 the run failed
+# Exit status: 0 passed; 2 bad usage, missing settings or a failed preflight; 6 the run failed
 # (quality gate or error, see the log above).
 set -euo pipefail
 
 config="configs/gcp.yaml"
 stack_file="zenml_stack.yaml"
 pipeline="pipelines.training.training_pipeline"
+python="${PYTHON:-python3}"
 outputs="${GITHUB_OUTPUT:-/dev/null}"
 
 die() { echo "run_training_pipeline: $*" >&2; exit 2; }
@@ -30,7 +35,7 @@ while [[ $# -gt 0 ]]; do
     --config) config="${2:?}"; shift 2 ;;
     --stack-file) stack_file="${2:?}"; shift 2 ;;
     --outputs) outputs="${2:?}"; shift 2 ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -40,7 +45,9 @@ done
 [[ -f "$config" ]] || die "run config $config not found"
 [[ -f "$stack_file" ]] || die "stack file $stack_file not found"
 
-stack="$(python3 -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["stack_name"])' "$stack_file")" \
+"$python" -m steps.gcp_preflight --stack-file "$stack_file" --config "$config" || exit 2
+
+stack="$("$python" -c 'import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))["stack_name"])' "$stack_file")" \
   || die "$stack_file has no stack_name"
 [[ "$stack" =~ ^[A-Za-z0-9._-]+$ ]] || die "unexpected stack name in $stack_file: $stack"
 

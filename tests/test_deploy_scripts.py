@@ -17,8 +17,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import gcsfs
 import pytest
 import yaml
+
+from tests.gcs_fixtures import GcsEmulator, gcs_emulator, gcs_env, upload_photos  # noqa: F401
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
@@ -528,8 +531,42 @@ esac
 """
 
 
+@pytest.fixture(scope="module")
+def zenml_store(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A real, throwaway ZenML store holding the MLflow secret the stack refers to (for the preflight)."""
+    from steps.gcp_settings import MLFLOW_SECRET
+
+    root = tmp_path_factory.mktemp("zenml-store")
+    env = {
+        "ZENML_CONFIG_PATH": str(root / "config"),
+        "ZENML_STORE_URL": f"sqlite:///{root / 'zenml.db'}",
+        "ZENML_ANALYTICS_OPT_IN": "false",
+    }
+    cli = Path(sys.executable).with_name("zenml")
+    subprocess.run(
+        [str(cli) if cli.is_file() else "zenml", "secret", "create", MLFLOW_SECRET,
+         "--username=ci", "--password=not-a-password"],
+        env={**os.environ, **env}, check=True, capture_output=True, timeout=300,
+    )  # fmt: skip
+    return env
+
+
 @pytest.fixture
-def zenml(tmp_path: Path) -> dict[str, str]:
+def zenml(
+    tmp_path: Path,
+    zenml_store: dict[str, str],
+    gcs_env: GcsEmulator,  # noqa: F811  (the fixture imported above)
+    petimages_dir: Path,
+) -> dict[str, str]:
+    """A fake `zenml` CLI first on PATH; the preflight before it runs for real: the production
+    bucket name with photos in the GCS emulator, the secret in a throwaway ZenML store."""
+    from steps.gcp_settings import RAW_DATA_PREFIX, load_gcp_settings
+
+    bucket = load_gcp_settings(use_environ=False).GCS_BUCKET
+    fs = gcsfs.GCSFileSystem(token="anon")
+    if not fs.exists(bucket):
+        fs.mkdir(bucket)
+    upload_photos(petimages_dir, bucket, RAW_DATA_PREFIX, per_class=2)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     fake = bin_dir / "zenml"
@@ -537,11 +574,12 @@ def zenml(tmp_path: Path) -> dict[str, str]:
     fake.chmod(0o755)
     return {
         **os.environ,
+        **zenml_store,
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
+        "PYTHON": sys.executable,
         "FAKE_ZENML_LOG": str(tmp_path / "zenml.log"),
         "FAKE_ZENML_DIR": str(tmp_path),
         "GITHUB_OUTPUT": str(tmp_path / "outputs"),
-        "ZENML_STORE_URL": "https://zenml.example.com",
         "ZENML_STORE_API_KEY": "zenml-key-never-printed",
     }
 
@@ -585,6 +623,18 @@ def test_failed_quality_gate_stops_the_release(zenml: dict[str, str], tmp_path: 
     result = run_pipeline_script({**zenml, "FAKE_PIPELINE_EXIT": "1"})
     assert result.returncode == 6
     assert "quality gate" in result.stderr
+    outputs = tmp_path / "outputs"
+    assert not outputs.exists() or "pipeline_passed" not in outputs.read_text()
+
+
+def test_failed_preflight_stops_before_any_zenml_call(zenml: dict[str, str], tmp_path: Path) -> None:
+    """A bucket that does not exist: one line saying so, and nothing imported, set or run."""
+    result = run_pipeline_script({**zenml, "GCS_BUCKET": "catsdogs-no-such-bucket"})
+    assert result.returncode == 2
+    said = [line for line in result.stderr.splitlines() if "catsdogs-no-such-bucket" in line]
+    assert len(said) == 1
+    assert said[0].startswith("gcp preflight: bucket gs://catsdogs-no-such-bucket does not exist")
+    assert zenml_calls(zenml) == []
     outputs = tmp_path / "outputs"
     assert not outputs.exists() or "pipeline_passed" not in outputs.read_text()
 
