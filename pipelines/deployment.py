@@ -11,6 +11,7 @@ Run it::
     zenml pipeline run pipelines.deployment.deployment_pipeline        # latest trained model
     python -m pipelines.deployment --bundle runs/model.pt              # a bundle file
     python -m pipelines.deployment --no-zenml --bundle runs/model.pt   # plain functions only
+    python -m pipelines.deployment --publish gs://BUCKET/model-store    # + publish for GKE
 
 The model comes from ``bundle_path`` or, when empty, from the ``model_bundle``
 output of the latest *completed* training run (completed = it passed the
@@ -31,6 +32,7 @@ import torch
 from zenml import pipeline, step
 
 from steps import deployment
+from steps.model_publish import publish_model
 from steps.packaging import DEFAULT_MODEL_NAME, mlflow_tracker_name, package_model
 
 logger = logging.getLogger(__name__)
@@ -85,7 +87,7 @@ def promote_candidate(candidate: dict) -> Annotated[dict, "deployment"]:
 
 @pipeline(enable_cache=False)
 def deployment_pipeline(
-    bundle_path: str = "", model_name: str = DEFAULT_MODEL_NAME, run_dir: str = ""
+    bundle_path: str = "", model_name: str = DEFAULT_MODEL_NAME, run_dir: str = "", publish_to: str = ""
 ) -> None:
     bundle = load_bundle_file(bundle_path) if bundle_path else latest_trained_bundle()
     tracker = mlflow_tracker_name()
@@ -94,6 +96,8 @@ def deployment_pipeline(
     candidate = register_candidate(mar, run_dir=run_dir)
     checked = smoke_test_candidate(candidate)
     promote_candidate(checked)
+    if publish_to:  # the smoke-tested archive, to the model store the GKE pods fetch from
+        publish_model(mar, checked, store_uri=publish_to)
 
 
 def _print_curl(model_name: str) -> None:
@@ -113,7 +117,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--no-zenml", action="store_true",
                         help="deploy with the plain functions (needs --bundle)")  # fmt: skip
+    parser.add_argument("--publish", default="", metavar="gs://BUCKET/model-store",
+                        help="also publish the smoke-tested .mar there (steps/model_publish.py)")  # fmt: skip
     args = parser.parse_args(argv)
+    if args.publish and args.no_zenml:
+        parser.error("--publish runs as a step of the ZenML pipeline; drop --no-zenml")
     try:
         if args.no_zenml:
             if not args.bundle:
@@ -122,7 +130,7 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s %s is serving; try:\n%s", result["model_name"], result["version"],
                         result["curl"])  # fmt: skip
         else:
-            deployment_pipeline(bundle_path=args.bundle, model_name=args.model_name)
+            deployment_pipeline(bundle_path=args.bundle, model_name=args.model_name, publish_to=args.publish)
             _print_curl(args.model_name)
     except Exception as exc:  # the step's DeploymentError, or ZenML's wrapper around it
         logger.error("deployment failed: %s", exc)

@@ -39,6 +39,7 @@ from steps.gcp_settings import (
     GcpSettings,
     GcpSettingsError,
     load_gcp_settings,
+    log_plainly_to_stderr,
     rendered_files,
 )
 
@@ -256,13 +257,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--config", type=Path, default=RUN_CONFIG_FILE, help="run config (parameters.source)")
     parser.add_argument("--no-zenml", action="store_true", help="skip the ZenML server checks")
     args = parser.parse_args(argv)
-    # Our own plain handler: ZenML, once imported, puts a coloured one on the root logger,
-    # and the answer must be exactly one line however the checks got there.
-    handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    LOGGER.addHandler(handler)
-    LOGGER.setLevel(logging.INFO)
-    LOGGER.propagate = False
+    log_plainly_to_stderr(LOGGER)
     try:
         preflight(args.stack_file, args.config, zenml=not args.no_zenml)
     except PreflightError as exc:

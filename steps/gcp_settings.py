@@ -14,6 +14,7 @@ import argparse
 import logging
 import os
 import re
+import sys
 from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any
@@ -132,8 +133,7 @@ def load_gcp_settings(path: Path = GCP_ENV_FILE, use_environ: bool = True) -> Gc
     missing = [name for name in names if not values.get(name)]
     if missing:
         raise GcpSettingsError(
-            f"missing GCP setting(s) {', '.join(missing)}: set them in {path} "
-            "or as environment variables"
+            f"missing GCP setting(s) {', '.join(missing)}: set them in {path} or as environment variables"
         )
     settings = GcpSettings(**{name: values[name] for name in names})
     if not _PROJECT_RE.match(settings.GCP_PROJECT):
@@ -249,6 +249,19 @@ def render_k8s_settings(s: GcpSettings) -> dict[str, Any]:
             "PIPELINES_GSA": s.google_service_account("pipelines"),
         },
     }
+
+
+def log_plainly_to_stderr(logger: logging.Logger) -> None:
+    """Give a command-line module's logger its own plain stderr handler.
+
+    ZenML, once imported, puts a coloured stdout handler on the root logger; a
+    command's one-line verdict must reach stderr exactly once and without escape codes.
+    """
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False
 
 
 def rendered_files(s: GcpSettings) -> dict[Path, str]:

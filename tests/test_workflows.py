@@ -174,8 +174,17 @@ def test_deploy_needs_the_pipeline_and_the_image() -> None:
     assert "needs.build-image.outputs.image" in str(steps(deploy)[apply].get("env", {}))
     # The override names the image as the gcp overlay renders it (same settings file).
     assert '--image "${SERVING_IMAGE_REPO}=${IMAGE}"' in texts[apply]
-    # The model version goes into the pod template, so a rollback restores the old model too.
-    assert '--model-version "$MODEL_VERSION"' in texts[apply]
+    # The version the train job published goes into the pod template, so a rollback restores
+    # the old model too.
+    assert '--model-version "$PUBLISHED_MODEL_VERSION"' in texts[apply]
+    env = steps(deploy)[apply]["env"]
+    assert env["PUBLISHED_MODEL_VERSION"] == "${{ needs.train.outputs.model_version }}"
+    train = jobs["train"]
+    publish = next(s for s in steps(train) if s.get("id") == "publish")
+    assert "python -m steps.model_publish" in publish["run"]
+    assert '--outputs "$GITHUB_OUTPUT"' in publish["run"]
+    assert [s.get("id") for s in steps(train)].index("pipeline") < steps(train).index(publish)
+    assert train["outputs"]["model_version"] == "${{ steps.publish.outputs.model_version }}"
     assert "google-github-actions/get-gke-credentials" in {uses(s) for s in steps(deploy)}
     assert deploy["outputs"]["previous_revision"] == "${{ steps.record.outputs.previous_revision }}"
     assert deploy["outputs"]["recorded"] == "${{ steps.record.outputs.recorded }}"
