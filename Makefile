@@ -16,7 +16,9 @@ help:
 	@echo "make run [DATA=<folder|gs://...|https://...zip>] [CONFIG=configs/local.yaml]"
 	@echo "                   set up, train, then package and serve the model locally"
 	@echo "make test          lint-free tests (real ZenML, MLflow, TorchServe, GCS emulator, Prometheus)"
-	@echo "make train | deploy | serve | stop | lint | test-slow | bench-train | bench-serve | mlflow-ui | dashboard | clean"
+	@echo "make deploy [BUNDLE=model.pt]  package, smoke test and promote a model on the local TorchServe"
+	@echo "make serve | stop  start / stop the local TorchServe (ports from CATSDOGS_PORT, default 8080)"
+	@echo "make train | lint | test-slow | bench-train | bench-serve | mlflow-ui | dashboard | clean"
 
 $(BIN)/python:
 	@command -v $(PYTHON) >/dev/null || { echo "error: $(PYTHON) not found; install Python 3.11 or pass PYTHON=/path/to/python3.11"; exit 2; }
@@ -37,8 +39,9 @@ run: train deploy
 train: stack
 	$(BIN)/python -m pipelines.training --config $(CONFIG) $(if $(DATA),--data $(DATA))
 
+# Empty BUNDLE = the model of the latest completed training run.
 deploy: stack
-	$(BIN)/python -m pipelines.deployment
+	$(BIN)/python -m pipelines.deployment $(if $(BUNDLE),--bundle $(BUNDLE))
 
 serve: install
 	$(BIN)/python -m steps.torchserve_local start

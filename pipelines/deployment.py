@@ -31,7 +31,7 @@ from typing import Annotated, Any
 import torch
 from zenml import pipeline, step
 
-from steps import deployment
+from steps import deployment, torchserve_local
 from steps.model_publish import publish_model
 from steps.packaging import DEFAULT_MODEL_NAME, mlflow_tracker_name, package_model
 
@@ -100,14 +100,33 @@ def deployment_pipeline(
         publish_model(mar, checked, store_uri=publish_to)
 
 
-def _print_curl(model_name: str) -> None:
-    """End ``make run`` / ``make deploy`` with a curl that works as pasted."""
-    from steps import torchserve_local
+def failure_reason() -> str | None:
+    """Why the newest deployment run failed, from its failed steps' exceptions.
 
-    settings = torchserve_local.load_running()
-    if settings is not None:
-        logger.info("serving at %s; try:\n%s", settings.inference_url,
-                    deployment.curl_command(settings, model_name))  # fmt: skip
+    ZenML's own error only names the failed step; the reason (which smoke check
+    failed, which version keeps serving) is in the step's exception info.
+    """
+    from zenml.client import Client
+
+    runs = Client().list_pipeline_runs(pipeline_name="deployment_pipeline", sort_by="desc:created", size=1)
+    if not runs.items:
+        return None
+    reasons = []
+    for name, step_run in runs.items[0].steps.items():
+        info = step_run.exception_info
+        if info is not None:
+            reasons.append(f"{name}: {info.message or info.traceback.strip().splitlines()[-1]}")
+    return "; ".join(reasons) or None
+
+
+def print_curl(curl: str) -> None:
+    """The last line of ``make run`` / ``make deploy``: the curl alone on stdout.
+
+    Written plainly, not logged: ZenML's log handler colours URLs, and escape codes
+    in a line copied from a CI log would break it as a command.
+    """
+    sys.stdout.write(f"{curl}\n")
+    sys.stdout.flush()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -127,14 +146,19 @@ def main(argv: list[str] | None = None) -> int:
             if not args.bundle:
                 parser.error("--no-zenml needs --bundle")
             result = deployment.deploy_latest(Path(args.bundle), model_name=args.model_name)
-            logger.info("%s %s is serving; try:\n%s", result["model_name"], result["version"],
-                        result["curl"])  # fmt: skip
+            curl = result["curl"]
         else:
             deployment_pipeline(bundle_path=args.bundle, model_name=args.model_name, publish_to=args.publish)
-            _print_curl(args.model_name)
+            settings = torchserve_local.load_running()
+            if settings is None:
+                raise deployment.DeploymentError("the pipeline finished but no local TorchServe answers")
+            curl = deployment.curl_command(settings, args.model_name)
     except Exception as exc:  # the step's DeploymentError, or ZenML's wrapper around it
-        logger.error("deployment failed: %s", exc)
+        reason = None if args.no_zenml else failure_reason()
+        logger.error("deployment failed: %s", reason or exc)
         return 1
+    logger.info("serving %s; try it:", args.model_name)
+    print_curl(curl)
     return 0
 
 

@@ -50,7 +50,7 @@ def mar_manifest(mar_path: Path) -> dict[str, Any]:
 
 def _server(run_dir: str | Path | None) -> tuple[torchserve_local.ServerSettings, TorchServeClient]:
     """Start the local server for ``run_dir`` or reuse the one already running there."""
-    settings = torchserve_local.ServerSettings(run_dir=str(run_dir or torchserve_local.default_run_dir()))
+    settings = torchserve_local.ServerSettings.local(run_dir)
     running = torchserve_local.load_running(settings.root)
     settings = running or torchserve_local.start(settings)
     return settings, TorchServeClient.for_local(settings)

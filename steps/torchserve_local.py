@@ -126,6 +126,23 @@ class ServerSettings:
         return f"http://127.0.0.1:{self.metrics_port}"
 
     @classmethod
+    def local(cls, run_dir: str | Path | None = None, port: int | None = None) -> ServerSettings:
+        """The developer's server: five consecutive ports from ``port`` ($CATSDOGS_PORT, else 8080).
+
+        ``make serve`` and ``make deploy`` both build their settings here, so a server
+        moved with ``CATSDOGS_PORT`` is the one the deployment pipeline finds or starts.
+        """
+        port = port or int(os.environ.get("CATSDOGS_PORT", 8080))
+        return cls(
+            run_dir=str(run_dir or default_run_dir()),
+            inference_port=port,
+            management_port=port + 1,
+            metrics_port=port + 2,
+            grpc_inference_port=port + 3,
+            grpc_management_port=port + 4,
+        )
+
+    @classmethod
     def for_tests(cls, run_dir: Path, **overrides: object) -> ServerSettings:
         """Free ports, a private run folder: tests never touch a developer's server."""
         return cls(
@@ -349,19 +366,11 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description="Local TorchServe for catsdogs")
     parser.add_argument("command", choices=["start", "stop", "status"])
-    parser.add_argument("--port", type=int, default=int(os.environ.get("CATSDOGS_PORT", 8080)))
+    parser.add_argument("--port", type=int, help="first of five ports (default $CATSDOGS_PORT or 8080)")
     args = parser.parse_args(argv)
     try:
         if args.command == "start":
-            settings = start(
-                ServerSettings(
-                    inference_port=args.port,
-                    management_port=args.port + 1,
-                    metrics_port=args.port + 2,
-                    grpc_inference_port=args.port + 3,
-                    grpc_management_port=args.port + 4,
-                )
-            )
+            settings = start(ServerSettings.local(port=args.port))
             tokens = read_tokens(settings)
             default = read_default_model(settings)
             logger.info("inference  %s", settings.inference_url)
@@ -370,11 +379,9 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("model      %s", default or "none yet: run the deployment pipeline")
             logger.info("tokens     %s", settings.root / "key_file.json")
             if default and tokens.get("inference"):
-                logger.info(
-                    "try: curl -H 'Authorization: Bearer %s' -H 'Content-Type: image/jpeg' "
-                    "--data-binary @photo.jpg %s/predictions/%s",
-                    tokens["inference"], settings.inference_url, default["model_name"],
-                )  # fmt: skip
+                from steps.deployment import curl_command  # imports this module: not at the top
+
+                logger.info("try: %s", curl_command(settings, default["model_name"]))
         elif args.command == "stop":
             logger.info("stopped" if stop() else "no local TorchServe running")
         else:

@@ -7,6 +7,8 @@ serving version test-1 for the other modules).
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -121,6 +123,37 @@ def test_smoke_test_cli_against_the_running_server(run_dir):
     out = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stdout + out.stderr
     assert "smoke test passed" in out.stdout + out.stderr
+
+
+def _deploy_cli(run_dir: Path, bundle: Path, *flags: str) -> subprocess.CompletedProcess:
+    """``make deploy BUNDLE=...`` as a user runs it, against this module's server."""
+    env = {**os.environ, "CATSDOGS_RUNS_DIR": str(run_dir.parent)}
+    cmd = [sys.executable, "-m", "pipelines.deployment", "--bundle", str(bundle), *flags]
+    return subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_deploy_command_ends_with_a_curl_that_works_when_pasted(run_dir, petimages_dir, tmp_path):
+    bundle = tmp_path / "model.pt"
+    torch.save(fitted_tiny_bundle(petimages_dir, "dep-cli"), bundle)
+    out = _deploy_cli(run_dir, bundle, "--no-zenml")
+    assert out.returncode == 0, out.stderr[-3000:]
+    curl = out.stdout.strip().splitlines()[-1]
+    assert curl.startswith("curl ") and "\x1b" not in curl
+    pasted = subprocess.run(curl, shell=True, capture_output=True, text=True, timeout=60)
+    assert json.loads(pasted.stdout)["model_version"] == "dep-cli", pasted.stdout + pasted.stderr
+
+
+@pytest.mark.slow  # a ZenML pipeline run in a fresh interpreter: about a minute on 2 cores
+def test_failed_deploy_command_names_the_reason(run_dir, petimages_dir, tmp_path):
+    bundle = tmp_path / "bad.pt"
+    torch.save(fitted_tiny_bundle(petimages_dir, "dep-cli-bad", swap_labels=True), bundle)
+    out = _deploy_cli(run_dir, bundle)
+    assert out.returncode == 1
+    # ZenML sends every log record to stdout, coloured.
+    last = re.sub(r"\x1b\[[0-9;]*m", "", (out.stderr + out.stdout).strip().splitlines()[-1])
+    assert last.startswith("deployment failed: smoke_test_candidate: catsdogs dep-cli-bad was not promoted")
+    assert "known cat photo" in last and last.endswith("dep-cli keeps serving")
+    assert _client(run_dir).default_version(MODEL_NAME) == "dep-cli"
 
 
 def test_restart_serves_only_the_promoted_version(run_dir):
