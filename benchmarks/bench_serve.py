@@ -1,14 +1,22 @@
 """Serving benchmark: in-process vs TorchServe (batching on/off) vs FastAPI, one run, one machine.
 
-    python -m benchmarks.bench_serve                      # efficientnet_lite0, random weights
-    python -m benchmarks.bench_serve --bundle runs/model.pt --requests 200
+    python benchmarks/bench_serve.py                      # make bench-serve
+    python benchmarks/bench_serve.py --bundle runs/model.pt --requests 240
+    python benchmarks/bench_serve.py --batch-delay 2      # try another maxBatchDelay
 
 Everything is measured side by side on the same photos in the same run, so the
 ratios are comparable even though absolute numbers depend on the machine. The
-load generator runs on the same CPUs as the servers (like a sidecar would), so
-absolute throughput is a lower bound; the printed ratios are what we track.
-The weights do not matter for speed, so without ``--bundle`` a randomly
-initialised model of the production architecture is used.
+scenarios of one concurrency level run in interleaved rounds, so a burst of
+background load hits all of them alike. The load generator runs on the same
+CPUs as the servers (like a sidecar would), so absolute throughput is a lower
+bound; the printed ratios are what we track. The weights do not matter for
+speed, so without ``--bundle`` a randomly initialised model of the production
+architecture is used: no trained model is needed.
+
+TorchServe runs the shipped configuration (``serve_config/``): the batched model
+uses ``batchSize`` / ``maxBatchDelay`` from ``model-config.yaml`` and one worker
+with the derived thread count; the variants change one thing each (batching
+off; two single-threaded workers).
 
 Not a test: it prints a table and the issue's aims next to the measured ratios.
 """
@@ -31,6 +39,7 @@ from pathlib import Path
 import psutil
 import requests
 import torch
+import yaml
 from fastapi import Request
 
 REPO = Path(__file__).resolve().parents[1]
@@ -39,11 +48,21 @@ if str(REPO) not in sys.path:
 
 from handlers.cpu_limit import cpu_limit  # noqa: E402
 from handlers.image_classifier import ImageClassifierHandler  # noqa: E402
-from handlers.image_decoding import ImageDecodeError  # noqa: E402
+from handlers.image_decoding import ImageDecodeError, decode_image  # noqa: E402
 from handlers.models import ModelMetadata, build_model, save_bundle  # noqa: E402
+from steps import torchserve_local  # noqa: E402
+from steps.packaging import MODEL_CONFIG, build_mar  # noqa: E402
+from steps.torchserve_client import TorchServeClient  # noqa: E402
 
 logger = logging.getLogger("bench_serve")
 PHOTOS = Path(os.environ.get("CATSDOGS_PETIMAGES", REPO.parent / "shared" / "datasets" / "petimages"))
+IN_PROCESS = "in-process (no server)"
+BATCH_OFF = "TorchServe batching off"
+BATCH_ON = "TorchServe batching on"
+TWO_WORKERS = "TorchServe 2 workers x 1 thread"
+FASTAPI = "FastAPI + uvicorn"
+# A refused (503) client waits this long before its next request, as real clients back off.
+REFUSED_BACKOFF_S = 0.05
 
 
 @dataclass
@@ -73,8 +92,6 @@ def percentile(values: list[float], q: float) -> float:
 
 def load_photos(count: int) -> list[bytes]:
     """Real photos, half cats half dogs, skipping the ones the decoder refuses."""
-    from handlers.image_decoding import ImageDecodeError, decode_image
-
     photos: list[bytes] = []
     for label in ("Cat", "Dog"):
         taken = 0
@@ -97,6 +114,7 @@ def load_photos(count: int) -> list[bytes]:
 class Samples:
     latencies: list[float]  # seconds, successful requests only
     statuses: list[int]
+    refusal_latencies: list[float]  # seconds, 503 answers only
     wall: float
 
 
@@ -114,16 +132,26 @@ def summarize(name: str, concurrency: int, parts: list[Samples]) -> Result:
 Sender = Callable[[requests.Session, bytes], int]
 
 
-def run_load(send: Sender, photos: list[bytes], concurrency: int, total: int) -> Samples:
-    """Closed loop: ``concurrency`` clients, each sends its next request when answered."""
+def run_load(
+    send: Sender, photos: list[bytes], concurrency: int, total: int, duration_s: float | None = None
+) -> Samples:
+    """Closed loop: ``concurrency`` clients, each sends its next request when answered.
+
+    Stops after ``total`` requests, or after ``duration_s`` when given. With one
+    client the requests are sent from the calling thread: PyTorch runs about 2.5x
+    slower when its intra-op pool is driven from a fresh thread (measured: 29 vs
+    12 ms per photo), which would handicap the in-process baseline.
+    """
     latencies: list[float] = []
+    refusals: list[float] = []
     statuses: list[int] = []
     lock = threading.Lock()
     counter = iter(range(total))
+    deadline = time.perf_counter() + duration_s if duration_s else None
 
     def client() -> None:
         with requests.Session() as session:
-            while True:
+            while deadline is None or time.perf_counter() < deadline:
                 with lock:
                     i = next(counter, None)
                 if i is None:
@@ -138,19 +166,24 @@ def run_load(send: Sender, photos: list[bytes], concurrency: int, total: int) ->
                     statuses.append(status)
                     if status == 200:
                         latencies.append(elapsed)
+                    elif status == 503:
+                        refusals.append(elapsed)
                 if status == 503:
-                    time.sleep(0.01)  # a refused client backs off briefly, as real ones do
+                    time.sleep(REFUSED_BACKOFF_S)
 
     started = time.perf_counter()
-    threads = [threading.Thread(target=client) for _ in range(concurrency)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return Samples(latencies, statuses, time.perf_counter() - started)
+    if concurrency == 1:
+        client()
+    else:
+        threads = [threading.Thread(target=client) for _ in range(concurrency)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+    return Samples(latencies, statuses, refusals, time.perf_counter() - started)
 
 
-def in_process_sender(bundle: Path, photos: list[bytes]) -> Sender:
+def in_process_sender(bundle: Path) -> Sender:
     """decode + transform + forward in this process: the floor TorchServe is compared to."""
     torch.set_num_threads(cpu_limit())
     handler = ImageClassifierHandler()
@@ -180,6 +213,8 @@ def fastapi_app(bundle: str):
     def ping() -> dict:
         return {"status": "Healthy"}
 
+    # async def: the model runs on the event loop's (main) thread, one request at a time,
+    # which is what the usual hand-written endpoint does.
     @app.post("/predictions/catsdogs")
     async def predict(request: Request) -> JSONResponse:
         body = await request.body()
@@ -226,21 +261,48 @@ def server_rss_mb(pgid: int) -> float:
     return total / 2**20
 
 
+def register_variants(
+    client: TorchServeClient, store: Path, bundle: Path, shipped: dict, batch_delay: int
+) -> None:
+    """The shipped config and the variants that each change one thing."""
+    mar = build_mar(bundle, store, model_name="catsdogs")
+    # Two workers need a .mar whose model-config says so: the handler sizes its thread
+    # pool from minWorkers (cpu_limit // workers), not from the registration call.
+    two_workers_config = store.parent / "model-config-2-workers.yaml"
+    two_workers_config.write_text(yaml.safe_dump({**shipped, "minWorkers": 2, "maxWorkers": 2}))
+    mar_two = build_mar(bundle, store / "two", model_name="catsdogs", model_config=two_workers_config)
+    mar_two = mar_two.rename(store / "catsdogs_two_workers.mar")
+    variants = {
+        BATCH_ON: (mar.name, 1, shipped["batchSize"]),
+        BATCH_OFF: (mar.name, 1, 1),
+        TWO_WORKERS: (mar_two.name, 2, shipped["batchSize"]),
+    }
+    for name, (mar_name, workers, batch) in variants.items():
+        params = {"url": mar_name, "model_name": model_url_name(name), "initial_workers": workers,
+                  "batch_size": batch, "max_batch_delay": batch_delay, "synchronous": "true"}  # fmt: skip
+        client._management("POST", "/models", f"register {name}", params=params, timeout=300)
+
+
+def model_url_name(scenario: str) -> str:
+    return {BATCH_ON: "batched", BATCH_OFF: "unbatched", TWO_WORKERS: "two_workers"}[scenario]
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    # force=True: importing steps (ZenML) already put a coloured handler on the root logger.
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", force=True)
+    shipped = yaml.safe_load(MODEL_CONFIG.read_text())
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--bundle", type=Path, help="model.pt bundle (default: random lite0)")
     parser.add_argument("--architecture", default="efficientnet_lite0")
-    parser.add_argument("--requests", type=int, default=120, help="requests per scenario")
+    parser.add_argument("--requests", type=int, default=160, help="requests per scenario and level")
     parser.add_argument("--rounds", type=int, default=4, help="interleaved rounds per level")
     parser.add_argument("--queue", type=int, default=16, help="TorchServe job_queue_size")
+    parser.add_argument("--batch-delay", type=int, default=int(shipped["maxBatchDelay"]),
+                        help="maxBatchDelay in ms (default: serve_config/model-config.yaml)")  # fmt: skip
+    parser.add_argument("--overload-seconds", type=float, default=20.0)
     parser.add_argument("--skip-fastapi", action="store_true")
     parser.add_argument("--skip-overload", action="store_true")
     args = parser.parse_args(argv)
-
-    from steps import torchserve_local
-    from steps.packaging import build_mar
-    from steps.torchserve_client import TorchServeClient
 
     work = Path(tempfile.mkdtemp(prefix="bench-serve-"))
     bundle = args.bundle
@@ -250,47 +312,46 @@ def main(argv: list[str] | None = None) -> int:
                     ModelMetadata(architecture=args.architecture, version="bench"), bundle)  # fmt: skip
     photos = load_photos(32)
     n = args.requests
-    logger.info("CPU limit %d; %d photos; %d requests per scenario", cpu_limit(), len(photos), n)
+    logger.info(
+        "CPU limit %d; %d photos; %d requests per scenario; batchSize %d, maxBatchDelay %d ms",
+        cpu_limit(), len(photos), n, shipped["batchSize"], args.batch_delay,
+    )  # fmt: skip
 
     settings = torchserve_local.ServerSettings.for_tests(work / "torchserve", job_queue_size=args.queue)
     settings.model_store.mkdir(parents=True)
-    mar = build_mar(bundle, settings.model_store, model_name="catsdogs")
     settings = torchserve_local.start(settings, load_default=False)
     fastapi = None
     results: list[Result] = []
     overload_lines: list[str] = []
     try:
         client = TorchServeClient.for_local(settings)
-        for name, batch in (("batched", 8), ("unbatched", 1)):
-            params = {"url": mar.name, "model_name": name, "initial_workers": 1,
-                      "batch_size": batch, "max_batch_delay": 10, "synchronous": "true"}  # fmt: skip
-            client._management("POST", "/models", f"register {name}", params=params, timeout=300)
+        register_variants(client, settings.model_store, bundle, shipped, args.batch_delay)
         headers = {"Authorization": f"Bearer {client.inference_token}",
                    "Content-Type": "image/jpeg"}  # fmt: skip
 
-        def torchserve(model: str) -> Sender:
-            url = f"{settings.inference_url}/predictions/{model}"
+        def torchserve(scenario: str) -> Sender:
+            url = f"{settings.inference_url}/predictions/{model_url_name(scenario)}"
             return lambda s, body: s.post(url, data=body, headers=headers, timeout=60).status_code
 
         senders: dict[str, Sender] = {
-            "in-process (no server)": in_process_sender(bundle, photos),
-            "TorchServe batching off": torchserve("unbatched"),
-            "TorchServe batching on": torchserve("batched"),
+            IN_PROCESS: in_process_sender(bundle),
+            BATCH_OFF: torchserve(BATCH_OFF),
+            BATCH_ON: torchserve(BATCH_ON),
+            TWO_WORKERS: torchserve(TWO_WORKERS),
         }
         if not args.skip_fastapi:
             port = torchserve_local.free_port()
             fastapi = start_fastapi(bundle, port)
             fastapi_url = f"http://127.0.0.1:{port}/predictions/catsdogs"
-            senders["FastAPI + uvicorn"] = lambda s, body: (
+            senders[FASTAPI] = lambda s, body: (
                 s.post(fastapi_url, data=body, headers={"Content-Type": "image/jpeg"}, timeout=60).status_code
             )
         for send in senders.values():
-            run_load(send, photos, 2, 10)  # warm-up
+            run_load(send, photos, 1, 10)  # warm-up
+            run_load(send, photos, 4, 20)
 
-        # Side by side: every scenario of a concurrency level runs in interleaved rounds,
-        # so a burst of background load hits all of them alike.
         for concurrency in (1, 8, 16):
-            names = [name for name in senders if concurrency == 1 or "in-process" not in name]
+            names = [name for name in senders if concurrency == 1 or name != IN_PROCESS]
             parts: dict[str, list[Samples]] = {name: [] for name in names}
             for round_ in range(args.rounds):
                 order = names[round_ % len(names) :] + names[: round_ % len(names)]
@@ -305,54 +366,61 @@ def main(argv: list[str] | None = None) -> int:
             fastapi.wait(30)
             fastapi = None
         if not args.skip_overload:
-            overload_lines = overload(settings, torchserve("batched"), photos, args.queue, n)
+            overload_lines = overload(
+                settings, torchserve(BATCH_ON), photos, args.queue, args.overload_seconds
+            )
     finally:
         if fastapi is not None:
             fastapi.kill()
         torchserve_local.stop(settings)
         shutil.rmtree(work, ignore_errors=True)
 
-    print_report(results, overload_lines)
+    print_report(results, overload_lines, shipped["batchSize"], args.batch_delay)
     return 0
 
 
-def overload(settings, send, photos: list[bytes], queue: int, n: int) -> list[str]:
-    """4x more clients than the queue holds: excess refused fast, memory flat, recovery."""
+def overload(settings, send: Sender, photos: list[bytes], queue: int, seconds: float) -> list[str]:
+    """4x more clients than the queue holds, for a while: excess refused fast, memory flat, recovery."""
     pgid = settings.pid
     rss_before = server_rss_mb(pgid)
+    rss_during: list[float] = []
+    done = threading.Event()
+
+    def sample_memory() -> None:
+        while not done.wait(0.5):
+            rss_during.append(server_rss_mb(pgid))
+
+    sampler = threading.Thread(target=sample_memory)
+    sampler.start()
     clients = 4 * queue
-    refused_latencies: list[float] = []
-
-    def timed_send(session: requests.Session, body: bytes) -> int:
-        t0 = time.perf_counter()
-        status = send(session, body)
-        if status == 503:
-            refused_latencies.append(time.perf_counter() - t0)
-        return status
-
-    result = summarize("TorchServe overload (batching on)", clients,
-                       [run_load(timed_send, photos, clients, 8 * n)])  # fmt: skip
-    rss_peak = server_rss_mb(pgid)
+    try:
+        samples = run_load(send, photos, clients, 10**9, duration_s=seconds)
+    finally:
+        done.set()
+        sampler.join()
+    result = summarize("TorchServe overload (batching on)", clients, [samples])
     time.sleep(2)
-    recovery = summarize("TorchServe after overload", 1,
-                         [run_load(send, photos, 1, max(20, n // 4))])  # fmt: skip
+    recovery = summarize("TorchServe after overload", 1, [run_load(send, photos, 1, 40)])
     rss_after = server_rss_mb(pgid)
+    refused = samples.refusal_latencies
     return [
         result.row(),
         recovery.row(),
-        f"overload: {clients} clients vs queue {queue}: {result.refused} of {result.sent} refused "
-        f"with 503, refusal p50 {percentile(refused_latencies, 50) * 1000:.1f} ms / p99 "
-        f"{percentile(refused_latencies, 99) * 1000:.1f} ms",
-        f"memory (Java + worker RSS): before {rss_before:.0f} MB, under overload {rss_peak:.0f} MB,"
-        f" after {rss_after:.0f} MB",
+        f"overload: {clients} clients vs queue {queue} for {seconds:.0f}s: {result.refused} of "
+        f"{result.sent} refused with 503 (refusal p50 {percentile(refused, 50) * 1000:.1f} ms, "
+        f"p99 {percentile(refused, 99) * 1000:.1f} ms); {result.ok} answered, "
+        f"{result.throughput:.1f} req/s, p50 {result.p50_ms:.0f} ms",
+        f"memory (Java + worker RSS): before {rss_before:.0f} MB, during overload max "
+        f"{max(rss_during, default=float('nan')):.0f} MB, after {rss_after:.0f} MB",
         f"recovery: {recovery.ok}/{recovery.sent} answered, p50 {recovery.p50_ms:.1f} ms",
     ]
 
 
-def print_report(results: list[Result], overload_lines: list[str]) -> None:
+def print_report(results: list[Result], overload_lines: list[str], batch_size: int, delay: int) -> None:
     header = (f"{'scenario':<34} {'conc':>4} {'sent':>6} {'ok':>6} {'503':>6} "
               f"{'p50 ms':>9} {'p99 ms':>9} {'req/s':>9}")  # fmt: skip
-    print("\n" + header + "\n" + "-" * len(header))
+    print(f"\nbatching on = batchSize {batch_size}, maxBatchDelay {delay} ms")
+    print(header + "\n" + "-" * len(header))
     for result in results:
         print(result.row())
     for line in overload_lines:
@@ -361,24 +429,27 @@ def print_report(results: list[Result], overload_lines: list[str]) -> None:
     def find(name: str, concurrency: int) -> Result | None:
         return next((r for r in results if r.name == name and r.concurrency == concurrency), None)
 
-    inproc = find("in-process (no server)", 1)
-    on1, on8, on16 = (find("TorchServe batching on", c) for c in (1, 8, 16))
-    off16 = find("TorchServe batching off", 16)
-    fast16 = find("FastAPI + uvicorn", 16)
     print("\nratios (aim in brackets)")
 
-    def ratio(label: str, numerator: float, denominator: float, aim: str) -> None:
-        value = numerator / denominator if denominator else float("nan")
-        print(f"  {label:<44} {value:5.2f}x  [{aim}]")
+    def ratio(label: str, numerator: Result | None, denominator: Result | None, field: str, aim: str) -> None:
+        if numerator is None or denominator is None:
+            return
+        den = getattr(denominator, field)
+        value = getattr(numerator, field) / den if den else float("nan")
+        print(f"  {label:<50} {value:5.2f}x  [{aim}]")
 
-    if inproc and on1:
-        ratio("TorchServe p50 / in-process p50 at c=1", on1.p50_ms, inproc.p50_ms, "<= 1.3x")
-    if on1 and on8:
-        ratio("throughput c=8 / c=1 (batching on)", on8.throughput, on1.throughput, ">= 2x")
-    if on16 and off16:
-        ratio("batching on / off throughput at c=16", on16.throughput, off16.throughput, ">= 1.4x")
-    if on16 and fast16:
-        ratio("TorchServe batched / FastAPI at c=16", on16.throughput, fast16.throughput, ">= 1.3x")
+    on, off = BATCH_ON, BATCH_OFF
+    rows = [  # (label, numerator, denominator, field, aim)
+        ("TorchServe batching on p50 / in-process p50, c=1", (on, 1), (IN_PROCESS, 1), "p50_ms", "<= 1.3x"),
+        ("TorchServe batching off p50 / in-process p50, c=1", (off, 1), (IN_PROCESS, 1), "p50_ms", "<= 1.3x"),
+        ("throughput c=8 / c=1, batching on", (on, 8), (on, 1), "throughput", ">= 2x"),
+        ("throughput c=8 / c=1, batching off", (off, 8), (off, 1), "throughput", ">= 2x"),
+        ("batching on / off throughput, c=16", (on, 16), (off, 16), "throughput", ">= 1.4x"),
+        ("TorchServe batching on / FastAPI, c=16", (on, 16), (FASTAPI, 16), "throughput", ">= 1.3x"),
+        ("2 workers x 1 thread / 1 x 2 threads, c=16", (TWO_WORKERS, 16), (on, 16), "throughput", "info"),
+    ]
+    for label, numerator, denominator, field, aim in rows:
+        ratio(label, find(*numerator), find(*denominator), field, aim)
     print(f"  (CPU limit {cpu_limit()}, torch {torch.__version__})")
 
 

@@ -15,10 +15,12 @@ import logging
 import os
 import re
 import shutil
+import threading
 import time
 import urllib.error
 import urllib.request
 import zipfile
+from collections import Counter
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -223,12 +225,10 @@ def _gcs_cache_path(uri: str, version: str) -> Path:
 
 
 def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: float = 0.5) -> T:
-    """Retry transient failures (HTTP 5xx, 429, connection resets) with exponential backoff."""
+    """Retry transient failures (HTTP 5xx, 408, 429, dropped connections) with exponential backoff."""
     for attempt in range(1, attempts + 1):
         try:
             return fn()
-        except (FileNotFoundError, PermissionError):
-            raise
         except Exception as exc:
             if attempt == attempts or not _is_transient(exc):
                 raise
@@ -239,8 +239,26 @@ def with_retries(fn: Callable[[], T], what: str, attempts: int = 4, base_delay: 
 
 
 def _is_transient(exc: Exception) -> bool:
-    text = f"{type(exc).__name__} {exc}"
-    return any(t in text for t in ("503", "502", "500", "429", "Timeout", "timed out", "Connection", "reset"))
+    """Decided by the exception's type and status code, never by its text (which holds the path)."""
+    if isinstance(exc, (FileNotFoundError, PermissionError)):
+        return False
+    if isinstance(exc, (TimeoutError, ConnectionError)):
+        return True
+    try:
+        from gcsfs.retry import is_retriable
+    except ImportError:
+        return False
+    return bool(is_retriable(exc))
+
+
+def _read_gcs(uri: str) -> bytes:
+    """One object's bytes; gcsfs's "Forbidden" OSError becomes a PermissionError."""
+    try:
+        return _gcs_filesystem().cat_file(uri.removeprefix("gs://"))
+    except OSError as exc:
+        if str(exc).startswith("Forbidden"):
+            raise PermissionError(f"access denied to {uri}: {str(exc).splitlines()[-1]}") from None
+        raise
 
 
 def read_bytes(uri: str, version: str = "") -> bytes:
@@ -250,32 +268,53 @@ def read_bytes(uri: str, version: str = "") -> bytes:
     cached = _gcs_cache_path(uri, version)
     if cached.exists():
         return cached.read_bytes()
-    data = with_retries(lambda: _gcs_filesystem().cat_file(uri.removeprefix("gs://")), f"reading {uri}")
+    data = with_retries(lambda: _read_gcs(uri), f"reading {uri}")
     cached.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cached.with_suffix(".part")
+    tmp = cached.with_suffix(f".part{os.getpid()}-{threading.get_ident()}")
     tmp.write_bytes(data)
     tmp.replace(cached)
     return data
 
 
-def prefetch(files: list[SourceFile]) -> None:
-    """Download GCS objects in parallel threads into the cache (no-op for local files)."""
-    remote = [
-        f for f in files if f.uri.startswith("gs://") and not _gcs_cache_path(f.uri, f.version).exists()
-    ]
+@dataclass(frozen=True)
+class ReadFailure:
+    reason: str  # "missing" | "permission_denied" | "unreadable"
+    message: str
+
+
+def prefetch(items: Iterable[tuple[str, str]]) -> dict[str, ReadFailure]:
+    """Download (uri, version) GCS objects into the cache in parallel threads; local files are skipped.
+
+    Run in the parent process before any worker process reads: gcsfs's event loop
+    does not survive a fork, so workers must only ever read the cache. Objects
+    that cannot be read are returned (uri -> why) instead of raised, so one bad
+    object never stops a run of thousands.
+    """
+    remote = [(u, v) for u, v in items if u.startswith("gs://") and not _gcs_cache_path(u, v).exists()]
+    failures: dict[str, ReadFailure] = {}
     if not remote:
-        return
+        return failures
     with ThreadPoolExecutor(GCS_THREADS) as pool:
-        jobs = pool.map(_prefetch_one, remote)
-        for _ in tqdm(jobs, total=len(remote), desc="download gs://", unit="file"):
-            pass
+        jobs = pool.map(lambda item: (item[0], _prefetch_one(*item)), remote)
+        for uri, failure in tqdm(jobs, total=len(remote), desc="download gs://", unit="file"):
+            if failure is not None:
+                failures[uri] = failure
+    if failures:
+        logger.warning("%d of %d GCS objects could not be read: %s", len(failures), len(remote),
+                       dict(Counter(f.reason for f in failures.values())))  # fmt: skip
+    return failures
 
 
-def _prefetch_one(f: SourceFile) -> None:
+def _prefetch_one(uri: str, version: str) -> ReadFailure | None:
     try:
-        read_bytes(f.uri, f.version)
+        read_bytes(uri, version)
     except FileNotFoundError:
-        logger.warning("%s vanished after listing; it will be reported as missing", f.uri)
+        return ReadFailure("missing", "vanished after listing (HTTP 404)")
+    except PermissionError as exc:
+        return ReadFailure("permission_denied", f"{exc}; grant storage.objects.get on the bucket")
+    except Exception as exc:  # retries exhausted or a non-retriable HTTP error
+        return ReadFailure("unreadable", f"{type(exc).__name__}: {exc}")
+    return None
 
 
 # ---------------------------------------------------------------- https zip

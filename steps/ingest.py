@@ -129,14 +129,17 @@ def ingest_source(
     """List, fetch, hash and decode every photo of ``source``; never raise for a bad file."""
     files, skipped = list_source(source, source_sha256)
     files = select_per_class(files, limit_per_class)
-    prefetch(files)
+    failures = prefetch((f.uri, f.version) for f in files)
+    unread = [f for f in files if f.uri in failures]
+    readable = [f for f in files if f.uri not in failures]
     workers = workers or min(os.cpu_count() or 1, 4)
     with ProcessPoolExecutor(workers) as pool:
-        results = list(
-            tqdm(pool.map(inspect_file, files, chunksize=64), total=len(files), desc="ingest", unit="img")
-        )
+        jobs = pool.map(inspect_file, readable, chunksize=64)
+        results = list(tqdm(jobs, total=len(readable), desc="ingest", unit="img"))
     good = [r for r in results if "sha256" in r]
     bad = [r for r in results if "sha256" not in r]
+    bad += [{"uri": f.uri, "label": f.label, "reason": failures[f.uri].reason,
+             "message": failures[f.uri].message} for f in unread]  # fmt: skip
     good, conflicts, duplicates = _drop_duplicates(good)
     bad += conflicts
     manifest = pd.DataFrame(good, columns=MANIFEST_COLUMNS)

@@ -30,28 +30,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 from zenml import get_step_context, log_metadata, step
 
+from handlers.cpu_limit import cpu_limit
 from handlers.image_decoding import decode_image
 from handlers.model_spec import CLASS_NAMES
 from handlers.models import EfficientNetLite0, ModelMetadata, build_model, make_bundle
 from handlers.preprocessing import Transform, eval_transform, train_transform
 from steps import tracking
 from steps.config import ModelConfig, RunConfig, TrainingConfig
-from steps.data_sources import read_bytes
+from steps.data_sources import DataSourceError, prefetch, read_bytes
 from steps.materializers import ModelBundleMaterializer
 from steps.pretrained import load_pretrained
 
 logger = logging.getLogger(__name__)
-
-
-def cpu_limit() -> int:
-    """CPUs this process may use: the cgroup quota in a container, else the affinity mask."""
-    try:
-        quota, period = Path("/sys/fs/cgroup/cpu.max").read_text().split()
-        if quota != "max":
-            return max(1, int(int(quota) / int(period)))
-    except (OSError, ValueError):
-        pass
-    return len(os.sched_getaffinity(0))
 
 
 def configure_threads() -> int:
@@ -92,7 +82,18 @@ class ImageDataset(Dataset):
 def image_loader(
     frame: pd.DataFrame, transform: Transform, batch_size: int, shuffle: bool, seed: int = 0
 ) -> DataLoader:
-    """One worker decodes while the main process computes; more would fight for two cores."""
+    """One worker decodes while the main process computes; more would fight for two cores.
+
+    GCS photos are downloaded first, here in the parent (a step on a fresh pod has an
+    empty cache): the loader's forked worker must only read the local cache.
+    """
+    failures = prefetch(zip(frame["uri"], frame["version"], strict=True))
+    if failures:
+        uri, failure = next(iter(failures.items()))
+        raise DataSourceError(
+            f"{len(failures)} photo(s) of the manifest can no longer be read, e.g. {uri}: "
+            f"{failure.message}; restore them or re-run ingest on the current data"
+        )
     generator = torch.Generator().manual_seed(seed)
     return DataLoader(
         ImageDataset(frame, transform),

@@ -10,13 +10,16 @@ import pytest
 from steps.data_sources import (
     DataSourceError,
     SourceFile,
+    _is_transient,
     fingerprint,
     is_candidate_image,
     label_for_folder,
     list_source,
+    prefetch,
     read_bytes,
     select_per_class,
     source_fingerprint,
+    with_retries,
 )
 from tests.image_factory import make_dataset, png_bytes, write
 
@@ -322,3 +325,49 @@ def test_two_folders_for_the_same_class_are_not_silently_dropped(tmp_path: Path)
     except DataSourceError:
         return  # refusing the ambiguous layout is fine too
     assert sorted(Path(f.uri).name for f in files if f.label == "cat") == ["0.png", "1.png"]
+
+
+# ---------------------------------------------------------------- retry policy
+
+
+@pytest.mark.parametrize(
+    ("exc", "transient"),
+    [
+        (TimeoutError("read timed out"), True),
+        (ConnectionResetError("reset by peer"), True),
+        (FileNotFoundError("bucket/Cat/503.jpg"), False),
+        (PermissionError("bucket/Cat/500.jpg"), False),
+        # gcsfs's 403: the object's name holds "500", which must not make it look like a 5xx.
+        (OSError("Forbidden: bucket/Cat/500.jpg\nno access"), False),
+        (ValueError("Bad Request: bucket/Dog/429.jpg"), False),
+    ],
+    ids=["timeout", "reset", "404", "permission", "403-with-code-like-name", "400"],
+)
+def test_retry_is_decided_by_error_type_not_by_digits_in_the_path(exc: Exception, transient: bool) -> None:
+    assert _is_transient(exc) is transient
+
+
+def test_http_5xx_and_429_from_gcsfs_are_transient_4xx_are_not() -> None:
+    from gcsfs.retry import HttpError
+
+    assert _is_transient(HttpError({"code": 503, "message": "backend unavailable"}))
+    assert _is_transient(HttpError({"code": 429, "message": "slow down"}))
+    assert not _is_transient(HttpError({"code": 401, "message": "Cat/500.jpg unauthorised"}))
+
+
+def test_with_retries_gives_up_at_once_on_a_permanent_error() -> None:
+    calls: list[int] = []
+
+    def forbidden() -> bytes:
+        calls.append(1)
+        raise PermissionError("access denied to gs://b/Cat/500.jpg")
+
+    with pytest.raises(PermissionError):
+        with_retries(forbidden, "reading", base_delay=0)
+    assert len(calls) == 1
+
+
+def test_prefetch_of_local_files_downloads_nothing_and_reports_nothing(tmp_path: Path) -> None:
+    make_dataset(tmp_path, per_class=1)
+    files, _ = list_source(str(tmp_path))
+    assert prefetch((f.uri, f.version) for f in files) == {}
