@@ -14,6 +14,12 @@ CLASS_NAMES: tuple[str, ...] = ("cat", "dog")
 
 DEFAULT_IMAGE_SIZE = 192
 
+# Batch size for offline forward passes (feature extraction, evaluation). On a CPU
+# small batches are much faster per image: the early feature maps of a large batch
+# no longer fit in cache. Measured on EfficientNet-Lite0 at 192 px, 2 threads:
+# 60-90 images/s at batch 4-8, 50 at 16, 21 at 64.
+INFERENCE_BATCH_SIZE = 8
+
 # Images smaller than this (either side) carry too little signal to learn from
 # or to answer about; ingest quarantines them and the handler refuses them.
 MIN_IMAGE_SIDE = 16

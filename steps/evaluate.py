@@ -22,6 +22,7 @@ from PIL import Image
 from tqdm.auto import tqdm
 from zenml import log_metadata, step
 
+from handlers.model_spec import INFERENCE_BATCH_SIZE
 from handlers.models import model_from_bundle
 from handlers.preprocessing import eval_transform
 from steps import plots, tracking
@@ -33,7 +34,9 @@ class QualityGateError(RuntimeError):
     """The model is not good enough to ship."""
 
 
-def predict(bundle: dict[str, Any], frame: pd.DataFrame, batch_size: int = 64) -> np.ndarray:
+def predict(
+    bundle: dict[str, Any], frame: pd.DataFrame, batch_size: int = INFERENCE_BATCH_SIZE
+) -> np.ndarray:
     """Class probabilities for every row of ``frame``."""
     configure_threads()
     model, meta = model_from_bundle(bundle)

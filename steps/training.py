@@ -32,7 +32,7 @@ from zenml import get_step_context, log_metadata, step
 
 from handlers.cpu_limit import cpu_limit
 from handlers.image_decoding import decode_image
-from handlers.model_spec import CLASS_NAMES
+from handlers.model_spec import CLASS_NAMES, INFERENCE_BATCH_SIZE
 from handlers.models import EfficientNetLite0, ModelMetadata, build_model, make_bundle
 from handlers.preprocessing import Transform, eval_transform, train_transform
 from steps import tracking
@@ -139,7 +139,7 @@ def tail_modules(model: EfficientNetLite0, trainable_blocks: int) -> list[nn.Mod
 
 
 def extract_trunk_features(
-    split_manifest: pd.DataFrame, model_cfg: ModelConfig, batch_size: int = 64
+    split_manifest: pd.DataFrame, model_cfg: ModelConfig, batch_size: int = INFERENCE_BATCH_SIZE
 ) -> np.ndarray:
     """Frozen-trunk outputs for every manifest row, float16, in manifest order."""
     configure_threads()

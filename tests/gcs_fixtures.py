@@ -93,9 +93,7 @@ def _proxy_handler(upstream_port: int, rules: FaultRules) -> type[BaseHTTPReques
             body = self.rfile.read(length) if length else None
             status = rules.status_for(self.command, self.path)
             if status is not None:
-                payload = (
-                    f'{{"error": {{"code": {status}, "message": "injected {status}"}}}}'
-                ).encode()
+                payload = (f'{{"error": {{"code": {status}, "message": "injected {status}"}}}}').encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
                 self.send_header("Content-Length", str(len(payload)))
@@ -136,8 +134,20 @@ def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator[GcsEmulat
     port = free_port()
     workdir: Path = tmp_path_factory.mktemp("gcs-emulator")
     process = subprocess.Popen(
-        [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1",
-         "--port", str(port), "--in-memory", "--quiet", "--default-bucket", TEST_BUCKET],
+        [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--quiet",
+            "--default-bucket",
+            TEST_BUCKET,
+        ],
         cwd=workdir,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

@@ -126,8 +126,12 @@ def _ingest_in_subprocess(timeout: float = 40) -> dict:
     )
     try:
         done = subprocess.run(
-            [sys.executable, "-c", code], cwd=REPO_ROOT, capture_output=True, text=True,
-            timeout=timeout, check=False,
+            [sys.executable, "-c", code],
+            cwd=REPO_ROOT,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
     except subprocess.TimeoutExpired:
         pytest.fail(f"ingest of {SOURCE} hung for {timeout}s on a failing object")

@@ -65,9 +65,15 @@ PODMONITORING_SCHEMA: dict[str, Any] = {
                     "properties": {
                         "metadata": {
                             "type": "array",
-                            "items": {"enum": ["pod", "container", "node",
-                                               "top_level_controller_name",
-                                               "top_level_controller_type"]},
+                            "items": {
+                                "enum": [
+                                    "pod",
+                                    "container",
+                                    "node",
+                                    "top_level_controller_name",
+                                    "top_level_controller_type",
+                                ]
+                            },
                         }
                     },
                 },
@@ -178,7 +184,9 @@ def test_scaling_and_disruption_budget(rendered: tuple[str, list[dict]]) -> None
     hpa = find(docs, "HorizontalPodAutoscaler", "torchserve")
     assert hpa["apiVersion"] == "autoscaling/v2"
     assert hpa["spec"]["scaleTargetRef"] == {
-        "apiVersion": "apps/v1", "kind": "Deployment", "name": "torchserve"
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "name": "torchserve",
     }
     pdb = find(docs, "PodDisruptionBudget", "torchserve")
     # A node drain must be able to evict at least one pod at the minimum scale.

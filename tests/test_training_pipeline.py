@@ -35,9 +35,7 @@ def quick_runs(local_stack: str, petimages_dir: Path):
     from steps.config import load_run_file
 
     config, options = load_run_file("configs/quick.yaml")
-    config = config.model_copy(
-        update={"data": config.data.model_copy(update={"source": str(petimages_dir)})}
-    )
+    config = config.model_copy(update={"data": config.data.model_copy(update={"source": str(petimages_dir)})})
     first = run_training(config, options)
     second = run_training(config, options)
     return first, second
@@ -73,9 +71,10 @@ def test_manifest_and_model_bundle_artifacts(quick_runs) -> None:
     meta = bundle["metadata"]
     assert meta["architecture"] == "simple_cnn"
     assert meta["class_names"] == ["cat", "dog"]
-    assert meta["lineage"]["dataset_version"] == steps["ingest"].outputs["ingest_report"][0].load()[
-        "dataset_version"
-    ]
+    assert (
+        meta["lineage"]["dataset_version"]
+        == steps["ingest"].outputs["ingest_report"][0].load()["dataset_version"]
+    )
     # The artifact on disk is a weights-only torch file, not a pickled module.
     uri = Path(steps["train"].outputs["model_bundle"][0].uri) / "model.pt"
     reloaded = torch.load(uri, weights_only=True)
