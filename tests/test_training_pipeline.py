@@ -2,7 +2,8 @@
 
 configs/quick.yaml (200 photos, small CNN) runs twice: the first run must
 complete and record params, metrics and artifacts in MLflow; the second must
-reuse the cached ingest and split.
+reuse the cached ingest and split. Its model must answer the deployment smoke
+test's known photos, or `make run CONFIG=configs/quick.yaml` could not deploy.
 """
 
 from __future__ import annotations
@@ -93,7 +94,7 @@ def test_mlflow_run_has_params_metrics_artifacts_and_lineage(quick_runs, local_s
     assert len(runs) == 1
     run = runs[0]
     assert run.data.params["architecture"] == "simple_cnn"
-    assert run.data.params["epochs"] == "3"
+    assert run.data.params["epochs"] == "25"
     assert 0.0 <= run.data.metrics["test_accuracy"] <= 1.0
     assert "val_accuracy" in run.data.metrics
     for tag in ("dataset_version", "git_commit", "model_version"):
@@ -103,3 +104,18 @@ def test_mlflow_run_has_params_metrics_artifacts_and_lineage(quick_runs, local_s
     evaluation = {a.path for a in client.list_artifacts(run.info.run_id, "evaluation")}
     assert "evaluation/metrics.json" in evaluation
     assert "evaluation/confusion_matrix.png" in evaluation or any("confusion" in p for p in evaluation)
+
+
+def test_quick_model_answers_the_smoke_test_photos(quick_runs) -> None:
+    """The deployment smoke test asks for Cat/1.jpg and Dog/1.jpg; the quick model must pass it."""
+    from handlers.models import model_from_bundle
+    from handlers.preprocessing import preprocess_bytes
+    from steps.smoke_test import default_photo
+
+    first, _ = quick_runs
+    model, meta = model_from_bundle(_steps(first)["train"].outputs["model_bundle"][0].load())
+    for label in ("cat", "dog"):
+        x = preprocess_bytes(default_photo(label).read_bytes(), meta.image_size, meta.mean, meta.std)
+        with torch.no_grad():
+            predicted = meta.class_names[int(model(x.unsqueeze(0)).argmax())]
+        assert predicted == label
