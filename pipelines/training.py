@@ -19,7 +19,7 @@ import yaml
 from zenml import pipeline
 
 from steps.config import ConfigError, RunConfig, load_run_file
-from steps.data_sources import DataSourceError, source_fingerprint
+from steps.data_sources import DataSourceError, check_reachable, source_fingerprint
 from steps.eda import eda
 from steps.evaluate import evaluate
 from steps.ingest import ingest
@@ -85,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.data:
             config = config.model_copy(update={"data": config.data.model_copy(update={"source": args.data})})
             config = RunConfig.model_validate(config.model_dump())
+        check_reachable(config.data.source)
         source_fingerprint(config.data.source, config.data.source_sha256, config.data.limit_per_class)
     except (ConfigError, DataSourceError) as exc:
         print(f"error: {exc}", file=sys.stderr)

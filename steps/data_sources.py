@@ -320,10 +320,16 @@ def _prefetch_one(uri: str, version: str) -> ReadFailure | None:
 # ---------------------------------------------------------------- https zip
 
 
+_OFFLINE_FIX = "without network pass a local copy: make run DATA=<folder with Cat/ and Dog/>"
+
+
+def _download_dir(url: str) -> Path:
+    return cache_root() / "downloads" / hashlib.sha256(url.encode()).hexdigest()[:16]
+
+
 def _extracted_zip(url: str, expected_sha256: str | None) -> Path:
     """Download (once) and extract (once) a zip; verify its sha256 when one is pinned."""
-    key = hashlib.sha256(url.encode()).hexdigest()[:16]
-    folder = cache_root() / "downloads" / key
+    folder = _download_dir(url)
     archive, extracted = folder / "archive.zip", folder / "extracted"
     done = folder / "extracted.ok"
     if done.exists():
@@ -354,6 +360,27 @@ def _extracted_zip(url: str, expected_sha256: str | None) -> Path:
     return extracted
 
 
+def check_reachable(source: str) -> None:
+    """Before a run starts: a zip URL that is neither cached nor reachable fails in one line.
+
+    Costs a HEAD request, never the download itself (that stays in ingest, where it is
+    cached); so `make run` without network stops at once with the fix, not in a step.
+    """
+    if not source.startswith(("https://", "http://")):
+        return
+    if (_download_dir(source) / "extracted.ok").exists():
+        return
+    try:
+        with urllib.request.urlopen(urllib.request.Request(source, method="HEAD"), timeout=10):
+            pass
+    except urllib.error.HTTPError as exc:
+        raise DataSourceError(
+            f"cannot download {source} (HTTP {exc.code} {exc.reason}); {_OFFLINE_FIX}"
+        ) from None
+    except (urllib.error.URLError, TimeoutError, OSError) as exc:
+        raise DataSourceError(f"cannot download {source} ({exc}); {_OFFLINE_FIX}") from None
+
+
 def _sha256_file(path: Path) -> str:
     digest = hashlib.sha256()
     with path.open("rb") as fh:
@@ -373,8 +400,5 @@ def _download(url: str, target: Path) -> None:
                     bar.update(len(chunk))
     except (urllib.error.URLError, TimeoutError, OSError) as exc:
         partial.unlink(missing_ok=True)
-        raise DataSourceError(
-            f"cannot download {url} ({exc}); without network pass a local copy: "
-            "make run DATA=<folder with Cat/ and Dog/>"
-        ) from None
+        raise DataSourceError(f"cannot download {url} ({exc}); {_OFFLINE_FIX}") from None
     partial.replace(target)

@@ -11,6 +11,7 @@ from steps.data_sources import (
     DataSourceError,
     SourceFile,
     _is_transient,
+    check_reachable,
     fingerprint,
     is_candidate_image,
     label_for_folder,
@@ -309,6 +310,59 @@ def test_source_fingerprint_of_a_url_needs_no_network() -> None:
     url = "https://example.invalid/photos.zip"
     assert source_fingerprint(url) == source_fingerprint(url)
     assert source_fingerprint(url, "a" * 64) != source_fingerprint(url, "b" * 64)
+
+
+@pytest.fixture()
+def http_server():
+    """A real HTTP server on localhost that has /photos.zip and nothing else."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_HEAD(self) -> None:
+            self.send_response(200 if self.path == "/photos.zip" else 404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}"
+    server.shutdown()
+
+
+def test_check_reachable_accepts_a_url_that_answers(http_server: str) -> None:
+    check_reachable(f"{http_server}/photos.zip")
+
+
+def test_check_reachable_names_the_http_error_and_the_fix(http_server: str) -> None:
+    with pytest.raises(DataSourceError, match=r"HTTP 404.*make run DATA="):
+        check_reachable(f"{http_server}/gone.zip")
+
+
+def test_check_reachable_without_network_says_to_pass_data() -> None:
+    import socket
+
+    with socket.socket() as sock:  # a port nobody listens on
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    with pytest.raises(DataSourceError, match=r"cannot download .*make run DATA=<folder"):
+        check_reachable(f"http://127.0.0.1:{port}/photos.zip")
+
+
+def test_check_reachable_ignores_folders_and_buckets(tmp_path: Path) -> None:
+    check_reachable(str(tmp_path / "missing"))  # the listing reports folders, with its own message
+    check_reachable("gs://bucket/prefix")
+
+
+def test_training_cli_stops_before_the_run_when_the_zip_is_unreachable(http_server: str, capsys) -> None:
+    from pipelines.training import main
+
+    assert main(["--config", "configs/quick.yaml", "--data", f"{http_server}/gone.zip"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: cannot download") and "make run DATA=" in err[0]
 
 
 def test_source_fingerprint_of_a_missing_folder_raises(tmp_path: Path) -> None:
