@@ -7,7 +7,7 @@ FROM python:3.11-slim-bookworm
 
 # TorchServe's frontend is Java (17 or newer).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends openjdk-17-jre-headless curl \
+    && apt-get install -y --no-install-recommends openjdk-17-jre-headless \
     && rm -rf /var/lib/apt/lists/*
 
 # Keep these pins equal to requirements.txt (CPU wheels from the PyTorch index).
@@ -31,7 +31,11 @@ ENV APP_DIR=/opt/catsdogs \
 # Numeric user, so Kubernetes can verify runAsNonRoot.
 USER 10001
 EXPOSE 8080 8081 8082
-# Kubernetes uses its own probes; this is for plain `docker run`.
-HEALTHCHECK --interval=15s --timeout=3s --start-period=120s \
-    CMD curl -fsS http://127.0.0.1:8080/ping || exit 1
+# Kubernetes uses its own probes (httpGet /ping); this is for plain `docker run`. /ping
+# needs no token when CATSDOGS_API_KEY_FILE is set (TorchServe's tokens are then off);
+# otherwise the check sends the inference token from TorchServe's key_file.json.
+HEALTHCHECK --interval=15s --timeout=5s --start-period=120s \
+    CMD ["python", "/opt/catsdogs/serving_entrypoint.py", "healthcheck"]
+# The entrypoint stays PID 1: it supervises TorchServe and forwards SIGTERM to its Java
+# frontend, so `docker stop` and pod deletion shut it down gracefully.
 ENTRYPOINT ["python", "/opt/catsdogs/serving_entrypoint.py"]

@@ -13,6 +13,11 @@ Every item of a dynamic batch gets its own answer: a bad image gets its own 4xx
 status and ``{"error": code, "message": ...}`` body via TorchServe's per-item
 response status, and its neighbours are still predicted.
 
+In the cluster every item must also carry the deployment's shared API key
+(``Authorization: Bearer <key>``, see ``handlers/api_key.py``); an item without
+it gets its own 401 the same way. Without a configured key file (local serving)
+TorchServe's own token authorization guards the server instead.
+
 Inside the ``.mar`` this file sits at the archive root and the ``handlers``
 package is shipped next to it as a folder; TorchServe puts the model directory
 on ``sys.path``, so ``handlers.x`` imports work in the repo and in the archive.
@@ -29,6 +34,7 @@ from typing import Any
 try:
     import torch
 
+    from handlers.api_key import authorization_problem, configured_api_keys
     from handlers.cpu_limit import threads_per_worker
     from handlers.image_decoding import ImageDecodeError, decode_image
     from handlers.models import load_bundle
@@ -55,6 +61,7 @@ ERROR_STATUS = {
     "image_too_large": 413,
     "image_too_small": 400,
     "bad_request": 400,
+    "unauthorized": 401,
 }
 INDEX_TO_NAME = "index_to_name.json"
 
@@ -68,11 +75,14 @@ class ImageClassifierHandler:
         self.class_names: list[str] = []
         self.version = "unknown"
         self.metrics = ServingMetrics(None, "", "")
+        self.api_keys: tuple[str, ...] = ()  # empty: no shared key configured (local serving)
 
     # ------------------------------------------------------------------ load
 
     def initialize(self, context: Any) -> None:
-        """Load the bundle, check the label map against it and size the thread pool."""
+        """Load the bundle, check the label map against it, size the thread pool, read the API key."""
+        # Read once, before anything slow: a key file named but unusable fails the load at once.
+        self.api_keys = configured_api_keys()
         properties = context.system_properties
         model_dir = Path(properties["model_dir"])
         serialized = (context.manifest or {}).get("model", {}).get("serializedFile", "model.pt")
@@ -88,6 +98,8 @@ class ImageClassifierHandler:
             context.model_name, self.version, self.metadata.architecture,
             self.metadata.image_size, threads, workers,
         )  # fmt: skip
+        if self.api_keys:
+            logger.info("every request must carry the shared API key (%d accepted)", len(self.api_keys))
 
     def load(self, bundle_path: Path, index_to_name_path: Path | None = None) -> None:
         """Load outside TorchServe too (benchmarks, tests): same code path as serving."""
@@ -137,6 +149,10 @@ class ImageClassifierHandler:
         tensors: list[torch.Tensor] = []
         good: list[int] = []
         for idx, row in enumerate(data):
+            problem = self._authorization_problem(context, idx)
+            if problem is not None:
+                responses[idx] = self._reject(context, idx, "unauthorized", problem)
+                continue
             started = time.perf_counter()
             try:
                 tensors.append(self.preprocess_one(row))
@@ -160,6 +176,15 @@ class ImageClassifierHandler:
                     context.set_response_content_type(idx, "application/json")
         return responses
 
+    def _authorization_problem(self, context: Any, idx: int) -> str | None:
+        """Why item ``idx`` is refused a 401, or None when no key is configured or it sent one."""
+        if not self.api_keys:
+            return None
+        headers: dict[str, Any] = {}
+        if context is not None and context.request_processor:
+            headers = context.get_all_request_header(idx) or {}
+        return authorization_problem(headers, self.api_keys)
+
     def _reject(self, context: Any, idx: int, code: str, message: str) -> dict[str, str]:
         status = ERROR_STATUS.get(code, 400)
         self.metrics.error(code)
@@ -168,5 +193,7 @@ class ImageClassifierHandler:
             # status line cannot carry; the full message is in the JSON body.
             context.set_response_status(status, code, idx)
             context.set_response_content_type(idx, "application/json")
+            if status == 401:
+                context.set_response_header(idx, "WWW-Authenticate", 'Bearer realm="catsdogs"')
         logger.info("rejected item %d: %s (%s)", idx, code, message)
         return {"error": code, "message": message}

@@ -16,7 +16,12 @@
 #    mounts are fixed at creation: an existing cluster must already have it).
 # 3. docker/serving.Dockerfile is built as catsdogs-serving:e2e-<commit> and
 #    loaded into the node (the overlay uses imagePullPolicy: Never).
-# 4. scripts/release.sh: apply -k, rollout, smoke test, rollback on failure.
+# 4. The Secret torchserve-api-key (the clients' shared API key, which the pods
+#    mount) is created with a random key unless the cluster has it already: no
+#    key is ever in git or on a command line.
+# 5. scripts/release.sh: apply -k, rollout, smoke test (through the Service, with
+#    that key; when the model was built here, its answers must report its
+#    version e2e-<commit>), rollback on failure.
 # On failure the namespace's pods, events and logs are printed.
 set -euo pipefail
 
@@ -45,7 +50,7 @@ while [[ $# -gt 0 ]]; do
     --namespace) namespace="${2:?}"; shift 2 ;;
     --deployment) deployment="${2:?}"; shift 2 ;;
     --) shift; smoke_args=(-- "$@"); break ;;
-    -h|--help) sed -n '2,21p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
@@ -69,6 +74,8 @@ if [[ -z "$mar" ]]; then
     --model-name "$model_name" --version "e2e-${sha}" | tail -n 1)"
   mv "$built" "$target_dir/${model_name}.mar"
   rm -rf "$target_dir/build"
+  # The smoke test fails unless this model answers (not an older one left in the cluster).
+  export SMOKE_EXPECT_VERSION="${SMOKE_EXPECT_VERSION:-e2e-${sha}}"
 else
   [[ -f "$mar" ]] || die "model archive $mar not found"
   cp "$mar" "$target_dir/${model_name}.mar"
@@ -100,7 +107,18 @@ kubectl config use-context "kind-${cluster}"
 docker build --file docker/serving.Dockerfile --tag "$image" .
 kind load docker-image "$image" --name "$cluster"
 
-# 4. Deploy, smoke test, roll back on failure.
+# 4. The clients' shared API key, random, made once per cluster (pods need it to start).
+kubectl create namespace "$namespace" --dry-run=client -o yaml | kubectl apply -f - > /dev/null
+if ! kubectl --namespace "$namespace" get secret torchserve-api-key > /dev/null 2>&1; then
+  (
+    key_file="$(mktemp)"  # mode 0600, removed whatever happens
+    trap 'rm -f "$key_file"' EXIT
+    "$python" -c 'import secrets, sys; sys.stdout.write(secrets.token_hex(32))' > "$key_file"
+    kubectl --namespace "$namespace" create secret generic torchserve-api-key --from-file=api-key="$key_file"
+  )
+fi
+
+# 5. Deploy, smoke test, roll back on failure.
 status=0
 "$here/release.sh" --overlay "$overlay" --namespace "$namespace" --deployment "$deployment" \
   --image "catsdogs-serving=${image}" --release "e2e-${sha}" --timeout 420s \

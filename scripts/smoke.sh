@@ -1,30 +1,35 @@
 #!/usr/bin/env bash
 # Smoke-test the TorchServe Deployment that is running in the cluster.
 #
-#   scripts/smoke.sh [--namespace catsdogs] [--deployment torchserve] [--container torchserve]
-#                    [--ports 8080,8081,8082] [--key-file /tmp/torchserve/key_file.json] [--no-token]
-#                    [-- EXTRA SMOKE TEST ARGS]
+#   scripts/smoke.sh [--namespace catsdogs] [--deployment torchserve] [--service torchserve]
+#                    [--service-port 80] [--pod-ports 8081,8082] [--secret torchserve-api-key]
+#                    [--no-token] [--expect-version V] [-- EXTRA SMOKE TEST ARGS]
 #
-# Picks one ready pod of the Deployment and port-forwards its inference,
-# management and metrics ports to free local ports (port-forward reaches the
-# pod's own localhost, so the management and metrics APIs, which are never
-# exposed through the Service, can be checked too). The inference token is read
-# from the pod's TorchServe key file (TorchServe writes it to its working
-# directory, TS_RUN_DIR in docker/serving_entrypoint.py) and handed to the smoke test in
-# TS_INFERENCE_TOKEN / TS_MANAGEMENT_TOKEN; masked in GitHub Actions logs,
-# never printed. Then it runs the smoke test command, by default
+# Predictions go through the Service, as clients' requests do (`kubectl
+# port-forward svc/torchserve`: kubectl forwards to one ready pod behind it).
+# The management and metrics APIs are never exposed by the Service (management
+# listens on the pod's localhost), so they are checked on one ready pod of the
+# Deployment through a second port-forward (--pod-ports "": skip them).
+# The client key is the shared API key of the Secret torchserve-api-key (key
+# api-key), handed to the smoke test in TS_INFERENCE_TOKEN: never on a command
+# line, never printed, masked in GitHub Actions logs. --expect-version V (or
+# SMOKE_EXPECT_VERSION) fails the test when an answer reports another
+# model_version: the version just deployed must be the one answering. Then it runs
 #
-#   python -m steps.smoke_test --url http://127.0.0.1:P [--management-url ...] [--metrics-url ...]
+#   python -m steps.smoke_test --url http://127.0.0.1:P [--management-url ...]
+#                              [--metrics-url ...] [--expect-version V]
 #
 # (override the command with SMOKE_CMD). Exit status: the smoke test's, 2 for
-# bad usage, 5 when no ready pod or port-forward could be set up.
+# bad usage, 5 when no ready pod, key or port-forward could be set up.
 set -euo pipefail
 
 namespace="${K8S_NAMESPACE:-catsdogs}"
 deployment="${K8S_DEPLOYMENT:-torchserve}"
-container="${SMOKE_CONTAINER:-torchserve}"
-ports="${SMOKE_PORTS:-8080,8081,8082}"
-key_file="${SMOKE_KEY_FILE:-/tmp/torchserve/key_file.json}"
+service="${SMOKE_SERVICE:-torchserve}"
+service_port="${SMOKE_SERVICE_PORT:-80}"
+pod_ports="${SMOKE_POD_PORTS-8081,8082}"
+secret="${SMOKE_API_KEY_SECRET:-torchserve-api-key}"
+expect_version="${SMOKE_EXPECT_VERSION:-}"
 use_token=true
 smoke_cmd="${SMOKE_CMD:-python -m steps.smoke_test}"
 extra=()
@@ -36,18 +41,22 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --namespace) namespace="${2:?}"; shift 2 ;;
     --deployment) deployment="${2:?}"; shift 2 ;;
-    --container) container="${2:?}"; shift 2 ;;
-    --ports) ports="${2:?}"; shift 2 ;;
-    --key-file) key_file="${2:?}"; shift 2 ;;
+    --service) service="${2:?}"; shift 2 ;;
+    --service-port) service_port="${2:?}"; shift 2 ;;
+    --pod-ports) pod_ports="${2?}"; shift 2 ;;
+    --secret) secret="${2:?}"; shift 2 ;;
     --no-token) use_token=false; shift ;;
+    --expect-version) expect_version="${2:?}"; shift 2 ;;
     --) shift; extra=("$@"); break ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
     *) die "unknown argument: $1" ;;
   esac
 done
 
-IFS=',' read -r inference_port management_port metrics_port <<< "$ports"
-[[ "$inference_port" =~ ^[0-9]+$ ]] || die "--ports wants INFERENCE[,MANAGEMENT[,METRICS]], got: $ports"
+[[ "$service_port" =~ ^[0-9]+$ ]] || die "--service-port wants a number, got: $service_port"
+IFS=',' read -r management_port metrics_port <<< "$pod_ports"
+[[ "${management_port:-0}${metrics_port:-0}" =~ ^[0-9]+$ ]] \
+  || die "--pod-ports wants MANAGEMENT[,METRICS] (or \"\"), got: $pod_ports"
 
 kc() { kubectl --namespace "$namespace" "$@"; }
 
@@ -68,55 +77,82 @@ for item in json.load(sys.stdin)["items"]:
         break
 ')"
 [[ -n "$pod" ]] || fail "no ready pod of ${namespace}/${deployment} (selector ${selector})"
-echo "smoke: testing pod ${namespace}/${pod}"
+echo "smoke: predictions through service ${namespace}/${service}, pod checks on ${pod}"
 
-# 2. Port-forward to free local ports (":PORT" lets kubectl pick them).
-forward_args=(":${inference_port}")
-[[ -n "${management_port:-}" ]] && forward_args+=(":${management_port}")
-[[ -n "${metrics_port:-}" ]] && forward_args+=(":${metrics_port}")
-pf_log="$(mktemp)"
-kc port-forward "pod/${pod}" "${forward_args[@]}" > "$pf_log" 2>&1 &
-pf_pid=$!
-# shellcheck disable=SC2317  # called by the EXIT trap
-cleanup() { kill "$pf_pid" 2>/dev/null || true; wait "$pf_pid" 2>/dev/null || true; rm -f "$pf_log"; }
-trap cleanup EXIT
-
-local_port() {
-  sed -n "s/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) -> $1\$/\1/p" "$pf_log" | head -n 1
-}
-last_port="${metrics_port:-${management_port:-$inference_port}}"
-for _ in $(seq 1 60); do
-  [[ -n "$(local_port "$last_port")" ]] && break
-  kill -0 "$pf_pid" 2>/dev/null || { cat "$pf_log" >&2; fail "kubectl port-forward exited"; }
-  sleep 0.5
-done
-[[ -n "$(local_port "$last_port")" ]] || { cat "$pf_log" >&2; fail "port-forward to ${pod} not ready after 30s"; }
-
-args=(--url "http://127.0.0.1:$(local_port "$inference_port")")
-[[ -n "${management_port:-}" ]] && args+=(--management-url "http://127.0.0.1:$(local_port "$management_port")")
-[[ -n "${metrics_port:-}" ]] && args+=(--metrics-url "http://127.0.0.1:$(local_port "$metrics_port")")
-
-# 3. The tokens from the pod's key file, handed over in the environment
-#    (TS_INFERENCE_TOKEN / TS_MANAGEMENT_TOKEN, read by steps.smoke_test): never
-#    on a command line, never echoed, masked in GitHub Actions logs.
+# 2. The shared API key from the Secret, handed over in the environment
+#    (TS_INFERENCE_TOKEN, read by steps.smoke_test): never on a command line,
+#    never echoed, masked in GitHub Actions logs. The first key when a rotation
+#    has put two in the Secret. (Management needs no token: TorchServe's own
+#    token authorization is off in the pod, docker/serving_entrypoint.py.)
 if $use_token; then
-  exec_args=()
-  [[ -n "$container" ]] && exec_args+=(--container "$container")
-  keys="$(kc exec "$pod" "${exec_args[@]}" -- cat "$key_file" | python3 -c '
-import json, sys
-keys = json.load(sys.stdin)
-print(keys["inference"]["key"])
-print(keys.get("management", {}).get("key", ""))
-')" || fail "could not read the TorchServe keys from ${key_file} in ${pod}"
-  { read -r inference_token; read -r management_token; } <<< "$keys"
-  unset keys
-  [[ -n "$inference_token" ]] || fail "empty inference key in ${key_file} of ${pod}"
+  inference_token="$(kc get secret "$secret" -o json | python3 -c '
+import base64, json, sys
+try:
+    encoded = json.load(sys.stdin).get("data", {}).get("api-key", "")
+except ValueError:  # kubectl failed and said why on stderr
+    encoded = ""
+keys = base64.b64decode(encoded).decode("utf-8").split()
+print(keys[0] if keys else "")
+')" || fail "could not read the API key from Secret ${namespace}/${secret}"
+  [[ -n "$inference_token" ]] || fail "Secret ${namespace}/${secret} holds no key 'api-key'"
   if [[ "${GITHUB_ACTIONS:-}" == "true" ]]; then
     echo "::add-mask::${inference_token}"
-    [[ -n "$management_token" ]] && echo "::add-mask::${management_token}"
   fi
   export TS_INFERENCE_TOKEN="$inference_token"
-  export TS_MANAGEMENT_TOKEN="$management_token"
+fi
+
+# 3. Port-forwards to free local ports (":PORT" lets kubectl pick them): the
+#    Service for predictions, the pod for management and metrics.
+forward_pids=()
+forward_logs=()
+# shellcheck disable=SC2317  # called by the EXIT trap
+cleanup() {
+  local pid
+  for pid in "${forward_pids[@]}"; do kill "$pid" 2>/dev/null || true; wait "$pid" 2>/dev/null || true; done
+  rm -f "${forward_logs[@]}"
+}
+trap cleanup EXIT
+
+# The local ports kubectl chose, in the order the remote ports were given (for a
+# Service it names the pod's target port, not the Service port, after the arrow).
+local_ports() { sed -n 's/^Forwarding from 127\.0\.0\.1:\([0-9][0-9]*\) -> .*$/\1/p' "$1"; }
+
+# port_forward TARGET PORT...: start kubectl port-forward and wait until it listens;
+# its output (with the local ports) is then in $forward_log.
+port_forward() {
+  local target="$1" pid remote
+  shift
+  local specs=()
+  for remote in "$@"; do specs+=(":${remote}"); done
+  forward_log="$(mktemp)"
+  forward_logs+=("$forward_log")
+  kc port-forward "$target" "${specs[@]}" > "$forward_log" 2>&1 &
+  pid=$!
+  forward_pids+=("$pid")
+  for _ in $(seq 1 60); do
+    [[ "$(local_ports "$forward_log" | wc -l)" -ge $# ]] && return 0
+    kill -0 "$pid" 2>/dev/null || { cat "$forward_log" >&2; fail "kubectl port-forward ${target} exited"; }
+    sleep 0.5
+  done
+  cat "$forward_log" >&2
+  fail "port-forward to ${target} not ready after 30s"
+}
+nth_local_port() { local_ports "$forward_log" | sed -n "${1}p"; }
+
+port_forward "svc/${service}" "$service_port"
+args=(--url "http://127.0.0.1:$(nth_local_port 1)")
+pod_flags=()
+pod_remote=()
+if [[ -n "${management_port:-}" ]]; then pod_flags+=(--management-url); pod_remote+=("$management_port"); fi
+if [[ -n "${metrics_port:-}" ]]; then pod_flags+=(--metrics-url); pod_remote+=("$metrics_port"); fi
+if [[ ${#pod_remote[@]} -gt 0 ]]; then
+  port_forward "pod/${pod}" "${pod_remote[@]}"
+  for i in "${!pod_flags[@]}"; do
+    args+=("${pod_flags[$i]}" "http://127.0.0.1:$(nth_local_port $((i + 1)))")
+  done
+fi
+if [[ -n "$expect_version" ]]; then
+  args+=(--expect-version "$expect_version")
 fi
 
 # 4. The smoke test itself.

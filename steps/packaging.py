@@ -38,6 +38,7 @@ DEFAULT_MODEL_NAME = "catsdogs"
 # The modules the handler needs at serve time; nothing else from the repo is shipped.
 SERVING_MODULES = (
     "__init__.py",
+    "api_key.py",
     "cpu_limit.py",
     "image_classifier.py",
     "image_decoding.py",

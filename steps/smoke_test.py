@@ -3,18 +3,25 @@
 Run after every deploy: by the deployment pipeline against the *candidate*
 version before it becomes the default, and by CI against a cluster::
 
-    python -m steps.smoke_test --url http://127.0.0.1:8080 --token <inference key>
+    python -m steps.smoke_test --url http://127.0.0.1:8080 --token <key> --expect-version <version>
     python -m steps.smoke_test --key-file runs/torchserve/key_file.json  # local server
 
+The key (``--token`` / ``$TS_INFERENCE_TOKEN``) is sent as ``Authorization:
+Bearer``: the cluster's shared API key (Secret ``torchserve-api-key``) or, for a
+local server, TorchServe's inference token.
+
 Checks: ping; model status (workers READY, when the management API is given);
-a known cat and a known dog photo answered correctly; a bad input answered with
-a 4xx and a JSON error; the metrics endpoint exposes the custom metrics (when
-the metrics URL is given). Every check runs; the report lists each failure.
+a known cat and a known dog photo answered correctly (and by the expected model
+version, when given); a bad input answered with a 4xx and a JSON error; with a
+key, a request without it refused with a 4xx (the server is not open); the
+metrics endpoint exposes the custom metrics (when the metrics URL is given).
+Every check runs; the report lists each failure.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import logging
 import os
@@ -69,8 +76,13 @@ def run_smoke_test(
     cat_photo: Path | None = None,
     dog_photo: Path | None = None,
     metrics_wait_s: float = 15.0,
+    expect_version: str | None = None,
 ) -> SmokeReport:
-    """Run every check against ``model`` (``version``: a candidate not yet default)."""
+    """Run every check against ``model`` (``version``: a candidate not yet default).
+
+    ``expect_version``: the model version every answer must report, so a deploy
+    that is still (or again) served by the old version fails instead of passing.
+    """
     report = SmokeReport()
     try:
         status = client.ping().get("status")
@@ -79,7 +91,8 @@ def run_smoke_test(
         report.check("ping", False, str(exc))
         return report  # nothing else can work
 
-    if client.management_url and client.management_token:
+    # No management token is needed in the pod (TorchServe's tokens are off there).
+    if client.management_url:
         try:
             workers = client.describe(model, version)[0].get("workers", [])
             ready = sum(w.get("status") == "READY" for w in workers)
@@ -87,6 +100,7 @@ def run_smoke_test(
         except (requests.RequestException, TorchServeAPIError) as exc:
             report.check("model status", False, str(exc))
 
+    versions: list[object] = []
     for label, photo in (("cat", cat_photo or default_photo("cat")),
                          ("dog", dog_photo or default_photo("dog"))):  # fmt: skip
         name = f"known {label} photo"
@@ -96,6 +110,7 @@ def run_smoke_test(
         try:
             response = client.predict_raw(model, photo.read_bytes(), "image/jpeg", version)
             body = response.json()
+            versions.append(body.get("model_version"))
             report.check(
                 name,
                 response.status_code == 200 and body.get("label") == label,
@@ -103,6 +118,12 @@ def run_smoke_test(
             )
         except (requests.RequestException, ValueError) as exc:
             report.check(name, False, str(exc))
+    if expect_version is not None:
+        report.check(
+            f"answers come from version {expect_version}",
+            bool(versions) and all(v == expect_version for v in versions),
+            f"model_version {versions}",
+        )
 
     try:
         response = client.predict_raw(model, b"this is not an image", "image/jpeg", version)
@@ -114,6 +135,9 @@ def run_smoke_test(
         )
     except (requests.RequestException, ValueError) as exc:
         report.check("bad input refused with 4xx", False, str(exc))
+
+    if client.inference_token:
+        _check_key_required(report, client, model, version, cat_photo or default_photo("cat"))
 
     if client.metrics_url:
         missing = list(CUSTOM_METRICS)
@@ -128,6 +152,24 @@ def run_smoke_test(
                 time.sleep(0.5)
         report.check("custom metrics exposed", not missing, f"missing {missing}")
     return report
+
+
+def _check_key_required(
+    report: SmokeReport, client: TorchServeClient, model: str, version: str | None, photo: Path
+) -> None:
+    """A prediction without the key must be refused (401 from the handler, 400 from TorchServe)."""
+    name = "request without key refused with 4xx"
+    if not photo.is_file():
+        report.check(name, False, f"{photo} not found")
+        return
+    keyless = dataclasses.replace(client, inference_token=None)
+    try:
+        response = keyless.predict_raw(model, photo.read_bytes(), "image/jpeg", version)
+        report.check(
+            name, 400 <= response.status_code < 500, f"HTTP {response.status_code} {response.text[:200]}"
+        )
+    except requests.RequestException as exc:
+        report.check(name, False, str(exc))
 
 
 def assert_smoke_test(client: TorchServeClient, **kwargs: object) -> SmokeReport:
@@ -155,6 +197,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="TorchServe key_file.json to read both tokens from")  # fmt: skip
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--version", help="check this version instead of the default one")
+    parser.add_argument("--expect-version", help="fail unless the answers report this model_version")
     parser.add_argument("--cat", type=Path, help="a photo the model must call a cat")
     parser.add_argument("--dog", type=Path, help="a photo the model must call a dog")
     args = parser.parse_args(argv)
@@ -172,7 +215,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     try:
         assert_smoke_test(
-            client, model=args.model, version=args.version, cat_photo=args.cat, dog_photo=args.dog
+            client,
+            model=args.model,
+            version=args.version,
+            cat_photo=args.cat,
+            dog_photo=args.dog,
+            expect_version=args.expect_version,
         )
     except SmokeTestError as exc:
         logger.error("%s", exc)

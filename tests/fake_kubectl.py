@@ -5,16 +5,18 @@ first on PATH. It keeps a tiny Deployment state in the JSON file named by
 FAKE_KUBECTL_STATE, appends every call to FAKE_KUBECTL_LOG (one JSON list per
 line) and simulates what the scripts rely on: the revision annotation, apply
 (rendered with the real kubectl when REAL_KUBECTL is set), rollout status
-success or failure, rollout undo, pod listing, port-forward and exec of the
-TorchServe key file.
+success or failure, rollout undo, pod listing, port-forward (to a pod or a
+Service), the API key Secret, and creating a namespace.
 
 State keys: exists, revision, apply_fails, rollout_fails (bool; "after_undo"
 fails only the rollback's rollout, "until_undo" only the release's), pod_ready,
-key_file (JSON text served by exec).
+api_key (the Secret torchserve-api-key's api-key; None: no such Secret; absent:
+a fake key), applied_stdin (what `apply -f -` read).
 """
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import subprocess
@@ -32,6 +34,9 @@ def load() -> dict:
 
 def save(state: dict) -> None:
     STATE.write_text(json.dumps(state))
+
+
+FAKE_API_KEY = "fake-api-key-0123456789abcdef"
 
 
 def main(argv: list[str]) -> int:
@@ -138,21 +143,39 @@ def main(argv: list[str]) -> int:
         return 0
 
     if verb == "port-forward":
+        # Like kubectl: a Service's port is shown as the pod's target port after the arrow.
+        service = args[1].startswith("svc/")
+        base = 28080 if service else 18080
         for offset, spec in enumerate(args[2:]):
-            print(f"Forwarding from 127.0.0.1:{18080 + offset} -> {spec.lstrip(':')}", flush=True)
-            print(f"Forwarding from [::1]:{18080 + offset} -> {spec.lstrip(':')}", flush=True)
+            remote = "8080" if service else spec.lstrip(":")
+            print(f"Forwarding from 127.0.0.1:{base + offset} -> {remote}", flush=True)
+            print(f"Forwarding from [::1]:{base + offset} -> {remote}", flush=True)
         time.sleep(120)
         return 0
 
-    if verb == "exec":
-        print(
-            state.get(
-                "key_file",
-                json.dumps(
-                    {"inference": {"key": "fake-inference-key"}, "management": {"key": "fake-management-key"}}
-                ),
-            )
-        )
+    if verb == "get" and args[1] == "secret":
+        key = state.get("api_key", FAKE_API_KEY)
+        if key is None:
+            print(f'Error from server (NotFound): secrets "{args[2]}" not found', file=sys.stderr)
+            return 1
+        if "json" in args:
+            print(json.dumps({"data": {"api-key": base64.b64encode(key.encode()).decode()}}))
+        return 0
+
+    if verb == "create" and args[1] == "secret":
+        source = next(a for a in args if a.startswith("--from-file=api-key="))
+        state["api_key"] = Path(source.split("=", 2)[2]).read_text()
+        save(state)
+        print(f"secret/{args[3]} created")
+        return 0
+
+    if verb == "create" and args[1] == "namespace":
+        print(f"apiVersion: v1\nkind: Namespace\nmetadata:\n  name: {args[2]}")
+        return 0
+
+    if verb == "apply" and args[1:3] == ["-f", "-"]:
+        state["applied_stdin"] = sys.stdin.read()
+        save(state)
         return 0
 
     print(f"fake kubectl: unsupported call {argv}", file=sys.stderr)

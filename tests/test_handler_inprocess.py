@@ -30,6 +30,7 @@ from PIL import Image
 from ts.context import Context, RequestProcessor
 from ts.metrics.metric_cache_yaml_impl import MetricsCacheYamlImpl
 
+from handlers.api_key import API_KEY_FILE_ENV, ApiKeyError
 from handlers.cpu_limit import cpu_limit, threads_per_worker
 from handlers.image_classifier import ImageClassifierHandler
 from handlers.preprocessing import eval_transform
@@ -271,6 +272,87 @@ def test_all_bad_batch_never_calls_the_model(handler, monkeypatch):
     assert statuses == [400, 415]
 
 
+# ---------------------------------------------------------------- shared API key (cluster)
+
+API_KEY = "test-api-key-" + "0123456789abcdef" * 2
+
+
+def _keyed_handler(model_dir: Path, key_file: Path, metrics: Any = None) -> ImageClassifierHandler:
+    """The handler as the pod loads it: $CATSDOGS_API_KEY_FILE names the Secret's file."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv(API_KEY_FILE_ENV, str(key_file))
+        return _initialized_handler(model_dir, metrics)
+
+
+@pytest.fixture(scope="module")
+def key_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("secret") / "api-key"
+    path.write_text(API_KEY + "\n")
+    return path
+
+
+def _handle_with_headers(handler: ImageClassifierHandler, rows: list[dict], headers: list[dict]):
+    """``_handle`` with per-item request headers, as TorchServe's worker passes them."""
+    context = Context("catsdogs", "", {}, len(rows), None, "0.12.0")
+    context.request_processor = [RequestProcessor(h) for h in headers]
+    answers = handler.handle(rows, context)
+    return answers, [context.get_response_status(i)[0] for i in range(len(rows))], context
+
+
+def test_without_a_key_file_no_key_is_asked_for(handler, cat_photo):
+    assert handler.api_keys == ()
+    answers, statuses, _ = _handle_with_headers(handler, [{"body": cat_photo}], [{}])
+    assert statuses == [200] and answers[0]["label"] == "cat"
+
+
+def test_shared_key_is_checked_per_item_whatever_the_header_casing(
+    unpacked_mar, key_file, cat_photo, dog_photo
+):
+    handler = _keyed_handler(unpacked_mar, key_file)
+    form_field = {"content-type": "image/jpeg"}  # TorchServe's per-field entry: not a header
+    headers = [
+        {"Authorization": f"Bearer {API_KEY}"},
+        {},
+        {"authorization": f"bearer {API_KEY}"},
+        {"Authorization": "Bearer not-the-key-0123456789"},
+        {"AUTHORIZATION": f"Bearer {API_KEY}", "data": form_field},
+        {"authorization": form_field},
+    ]
+    rows = [{"body": cat_photo}, {"body": cat_photo}, {"body": dog_photo}, {"body": dog_photo},
+            {"data": dog_photo}, {"authorization": cat_photo}]  # fmt: skip
+    answers, statuses, context = _handle_with_headers(handler, rows, headers)
+    assert statuses == [200, 401, 200, 401, 200, 401]
+    assert [a.get("label") for a in answers] == ["cat", None, "dog", None, "dog", None]
+    assert answers[1] == {"error": "unauthorized", "message": answers[1]["message"]}
+    assert "no API key sent" in answers[1]["message"] and "not accepted" in answers[3]["message"]
+    assert context.get_response_status(1) == (401, "unauthorized")
+    assert context.get_response_headers(1)["WWW-Authenticate"].startswith("Bearer")
+    assert all(context.get_response_content_type(i) == "application/json" for i in range(len(rows)))
+    assert API_KEY not in json.dumps(answers)
+
+
+def test_unauthorized_items_are_never_decoded(unpacked_mar, key_file, monkeypatch):
+    handler = _keyed_handler(unpacked_mar, key_file)
+
+    def no_decoding(_row: dict) -> torch.Tensor:
+        raise AssertionError("an unauthorized upload must not be decoded")
+
+    monkeypatch.setattr(handler, "preprocess_one", no_decoding)
+    monkeypatch.setattr(handler, "predict", no_decoding)
+    answers, statuses, _ = _handle_with_headers(handler, [{"body": b"x"}, {"body": b"y"}], [{}, {}])
+    assert statuses == [401, 401] and {a["error"] for a in answers} == {"unauthorized"}
+
+
+@pytest.mark.parametrize("content", ["", "\n \n", "too-short"])
+def test_a_named_but_unusable_key_file_fails_the_load(unpacked_mar, tmp_path, content):
+    path = tmp_path / "api-key"
+    path.write_text(content)
+    with pytest.raises(ApiKeyError, match=str(path)):
+        _keyed_handler(unpacked_mar, path)
+    with pytest.raises(ApiKeyError, match="cannot be read"):
+        _keyed_handler(unpacked_mar, tmp_path / "absent")
+
+
 def test_custom_metrics_are_emitted_through_torchserves_cache(unpacked_mar, cat_photo, caplog):
     """What the frontend turns into Prometheus series: by label, by error type, histograms."""
     cache = MetricsCacheYamlImpl(str(REPO / "serve_config" / "metrics.yaml"))
@@ -288,6 +370,16 @@ def test_custom_metrics_are_emitted_through_torchserves_cache(unpacked_mar, cat_
     assert counters == [("catsdogs_predictions_total", "Label:cat"),
                         ("catsdogs_request_errors_total", "ErrorType:empty_image"),
                         ("catsdogs_request_errors_total", "ErrorType:not_an_image")]  # fmt: skip
+
+
+def test_unauthorized_items_are_counted_as_errors_by_type(unpacked_mar, key_file, cat_photo, caplog):
+    cache = MetricsCacheYamlImpl(str(REPO / "serve_config" / "metrics.yaml"))
+    cache.initialize_cache()
+    handler = _keyed_handler(unpacked_mar, key_file, metrics=cache)
+    with caplog.at_level(logging.INFO, logger="ts.metrics.caching_metric"):
+        _handle_with_headers(handler, [{"body": cat_photo}] * 2, [{"Authorization": f"Bearer {API_KEY}"}, {}])
+    errors = [r.getMessage() for r in caplog.records if "catsdogs_request_errors_total" in r.getMessage()]
+    assert len(errors) == 1 and "ErrorType:unauthorized" in errors[0], errors
 
 
 def test_label_map_must_match_training_class_order(unpacked_mar: Path, tmp_path):
