@@ -1,10 +1,10 @@
 """Google Cloud settings: read once from ``configs/gcp.env``, rendered everywhere else.
 
-ZenML's ``stack import``, ZenML run configs and kustomize all want literal
+ZenML's ``stack import``, ZenML run configs, kustomize and Helm all want literal
 values, none of them can read an env file. So the project, bucket, cluster and
 registry are written in exactly one file, and every file that needs them
-(``zenml_stack.yaml``, ``configs/gcp.yaml``, ``k8s/overlays/gcp/settings.yaml``)
-is generated from it by ``python -m steps.gcp_settings render``. A test fails
+(``zenml_stack.yaml``, ``configs/gcp.yaml``, ``k8s/overlays/gcp/settings.yaml``,
+``k8s/zenml/values-gcp.yaml``) is generated from it by ``python -m steps.gcp_settings render``. A test fails
 when a generated file no longer matches the env file, so they cannot drift.
 """
 
@@ -28,6 +28,9 @@ GCP_ENV_FILE = REPO_ROOT / "configs" / "gcp.env"
 STACK_FILE = REPO_ROOT / "zenml_stack.yaml"
 RUN_CONFIG_FILE = REPO_ROOT / "configs" / "gcp.yaml"
 K8S_SETTINGS_FILE = REPO_ROOT / "k8s" / "overlays" / "gcp" / "settings.yaml"
+# Helm values of the ZenML server that name the project (its Workload Identity); the
+# rest of its values, project-neutral, are in k8s/zenml/values.yaml.
+ZENML_SERVER_VALUES_FILE = REPO_ROOT / "k8s" / "zenml" / "values-gcp.yaml"
 
 STACK_NAME = "catsdogs-gcp"
 # ``zenml stack import`` refuses a file written for another ZenML version.
@@ -37,8 +40,14 @@ MLFLOW_SERVICE_URL = "http://mlflow.{namespace}.svc.cluster.local:5000"
 PIPELINE_KSA = "zenml-pipelines"
 SERVING_KSA = "torchserve"
 MLFLOW_KSA = "mlflow"
+# The ZenML server's Kubernetes service account (k8s/zenml/values.yaml: serviceAccount.name).
+ZENML_SERVER_NAMESPACE = "zenml"
+ZENML_SERVER_KSA = "zenml-server"
 # ZenML secret holding the MLflow server's basic-auth user (keys: username, password).
 MLFLOW_SECRET = "catsdogs-mlflow"
+# The numeric user docker/trainer.Dockerfile creates; pipeline pods run as it. Numeric,
+# so the kubelet can verify runAsNonRoot ("restricted" Pod Security, k8s/base/namespace.yaml).
+PIPELINE_UID = 10001
 
 _GENERATED_HEADER = (
     "# GENERATED from configs/gcp.env by `python -m steps.gcp_settings render`.\n"
@@ -198,6 +207,40 @@ def render_stack(s: GcpSettings) -> dict[str, Any]:
     }
 
 
+def restricted_pod_settings(resources: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
+    """ZenML ``KubernetesPodSettings`` for a pod that meets the "restricted" Pod Security Standard.
+
+    The orchestrator runs its pods in the namespace that k8s/base/namespace.yaml
+    labels ``enforce: restricted``, and ZenML sets no security context of its own,
+    so without these fields the API server refuses every orchestrator and step pod.
+    The container context covers every container ZenML creates (one, ``main``); the
+    pod context adds fsGroup for volumes. camelCase: ZenML passes them through as-is.
+    """
+    settings: dict[str, Any] = {
+        "container_security_context": {
+            "runAsNonRoot": True,
+            "runAsUser": PIPELINE_UID,
+            "runAsGroup": PIPELINE_UID,
+            "allowPrivilegeEscalation": False,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        # Keys of additional_pod_spec_args are V1PodSpec attribute names (snake_case).
+        "additional_pod_spec_args": {
+            "security_context": {
+                "runAsNonRoot": True,
+                "runAsUser": PIPELINE_UID,
+                "runAsGroup": PIPELINE_UID,
+                "fsGroup": PIPELINE_UID,
+                "seccompProfile": {"type": "RuntimeDefault"},
+            }
+        },
+    }
+    if resources:
+        settings["resources"] = resources
+    return settings
+
+
 def render_run_config(s: GcpSettings) -> dict[str, Any]:
     """ZenML run config for the GCP stack: same pipeline, data and images from GCP."""
     return {
@@ -212,15 +255,19 @@ def render_run_config(s: GcpSettings) -> dict[str, Any]:
                 "build_context_root": ".",
                 "install_stack_requirements": False,
                 "environment": {"PYTORCH_NUM_THREADS": "4"},
+                # ZenML builds its own image FROM the trainer image and runs
+                # `RUN chmod -R a+rw .` there, which needs root; `user` makes it
+                # chown /app to this user and end with `USER <uid>`.
+                "user": str(PIPELINE_UID),
             },
             "orchestrator": {
                 "service_account_name": PIPELINE_KSA,
-                "pod_settings": {
-                    "resources": {
-                        "requests": {"cpu": "2", "memory": "6Gi"},
-                        "limits": {"cpu": "4", "memory": "12Gi"},
-                    },
-                },
+                # Step pods.
+                "pod_settings": restricted_pod_settings(
+                    {"requests": {"cpu": "2", "memory": "6Gi"}, "limits": {"cpu": "4", "memory": "12Gi"}}
+                ),
+                # The orchestrator pod, which starts the step pods (ZenML sets its resources).
+                "orchestrator_pod_settings": restricted_pod_settings(),
             },
             "experiment_tracker": {"experiment_name": "catsdogs"},
         },
@@ -251,6 +298,19 @@ def render_k8s_settings(s: GcpSettings) -> dict[str, Any]:
     }
 
 
+def render_zenml_server_values(s: GcpSettings) -> dict[str, Any]:
+    """Helm values layered over k8s/zenml/values.yaml: the server's Workload Identity.
+
+    The server reads artifact visualizations and step logs from the GCS artifact
+    store with its own identity (the stack's artifact store has no service connector).
+    """
+    return {
+        "serviceAccount": {
+            "annotations": {"iam.gke.io/gcp-service-account": s.google_service_account("zenml")},
+        },
+    }
+
+
 def log_plainly_to_stderr(logger: logging.Logger) -> None:
     """Give a command-line module's logger its own plain stderr handler.
 
@@ -274,6 +334,7 @@ def rendered_files(s: GcpSettings) -> dict[Path, str]:
         STACK_FILE: dump(render_stack(s)),
         RUN_CONFIG_FILE: dump(render_run_config(s)),
         K8S_SETTINGS_FILE: dump(render_k8s_settings(s)),
+        ZENML_SERVER_VALUES_FILE: dump(render_zenml_server_values(s)),
     }
 
 

@@ -31,6 +31,8 @@ import yaml
 from steps.gcp_settings import (
     MLFLOW_SECRET,
     PIPELINE_KSA,
+    PIPELINE_UID,
+    RUN_CONFIG_FILE,
     STACK_FILE,
     STACK_NAME,
     GcpSettings,
@@ -41,7 +43,15 @@ from steps.gcp_settings import (
 # google-api-core warns about Python 3.11's end of life on import; nothing to act on here.
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::FutureWarning")]
 REPO_ROOT = Path(__file__).resolve().parents[1]
-GENERATED = ("zenml_stack.yaml", "configs/gcp.yaml", "k8s/overlays/gcp/settings.yaml")
+GENERATED = (
+    "zenml_stack.yaml", "configs/gcp.yaml", "k8s/overlays/gcp/settings.yaml", "k8s/zenml/values-gcp.yaml",
+)  # fmt: skip
+KUBERNETES_VERSION = "1.33.0"  # as tests/test_k8s_manifests.py
+# Volume types the "restricted" Pod Security Standard allows.
+RESTRICTED_VOLUME_TYPES = {
+    "configMap", "csi", "downwardAPI", "emptyDir", "ephemeral", "persistentVolumeClaim", "projected",
+    "secret",
+}  # fmt: skip
 
 
 @pytest.fixture(scope="module")
@@ -231,3 +241,113 @@ def test_project_id_is_written_in_one_place_only(settings: GcpSettings) -> None:
         and settings.GCP_PROJECT in (REPO_ROOT / path).read_text(errors="ignore")
     ]  # fmt: skip
     assert not offenders, f"project id {settings.GCP_PROJECT!r} hard-coded in {offenders}"
+
+
+# ------------------------------------------------------------------ pipeline pods
+
+
+def restricted_violations(pod: dict[str, Any]) -> list[str]:
+    """What the "restricted" Pod Security Standard (k8s/base/namespace.yaml enforces it) refuses in a pod."""
+    spec = pod["spec"]
+    pod_context = spec.get("securityContext") or {}
+    problems = [f"spec.{flag}" for flag in ("hostNetwork", "hostPID", "hostIPC") if spec.get(flag)]
+    if pod_context.get("runAsUser") == 0:
+        problems.append("pod runAsUser 0")
+    for volume in spec.get("volumes") or []:
+        kinds = set(volume) - {"name"}
+        if not kinds <= RESTRICTED_VOLUME_TYPES:
+            problems.append(f"volume {volume['name']}: {sorted(kinds)}")
+    for c in spec["containers"] + (spec.get("initContainers") or []):
+        ctx = c.get("securityContext") or {}
+        where = f"container {c['name']}"
+        capabilities = ctx.get("capabilities") or {}
+        if ctx.get("privileged"):
+            problems.append(f"{where}: privileged")
+        if ctx.get("allowPrivilegeEscalation") is not False:
+            problems.append(f"{where}: allowPrivilegeEscalation is not false")
+        if "ALL" not in (capabilities.get("drop") or []):
+            problems.append(f"{where}: capabilities do not drop ALL")
+        if set(capabilities.get("add") or []) - {"NET_BIND_SERVICE"}:
+            problems.append(f"{where}: adds capabilities {capabilities['add']}")
+        if ctx.get("runAsNonRoot", pod_context.get("runAsNonRoot")) is not True:
+            problems.append(f"{where}: runAsNonRoot is not true")
+        if ctx.get("runAsUser") == 0:
+            problems.append(f"{where}: runAsUser 0")
+        seccomp = (ctx.get("seccompProfile") or pod_context.get("seccompProfile") or {}).get("type")
+        if seccomp not in {"RuntimeDefault", "Localhost"}:
+            problems.append(f"{where}: seccompProfile {seccomp}")
+    return problems
+
+
+def _without_nulls(node: Any) -> Any:
+    """Drop null fields, as the API server does: ZenML merges its own container context
+    with ours through to_dict(), which adds every unset field as a snake_case null."""
+    if isinstance(node, dict):
+        return {k: _without_nulls(v) for k, v in node.items() if v is not None}
+    if isinstance(node, list):
+        return [_without_nulls(item) for item in node]
+    return node
+
+
+def zenml_pod(pod_settings: Any, privileged: bool = False) -> dict[str, Any]:
+    """The pod ZenML's Kubernetes orchestrator builds with these settings, as sent to the API server."""
+    from kubernetes.client import ApiClient
+    from zenml.integrations.kubernetes.manifest_utils import build_pod_manifest
+
+    manifest = build_pod_manifest(
+        pod_name="pipeline-pod", image_name="trainer", command=["python", "-m", "zenml"], args=[],
+        privileged=privileged, pod_settings=pod_settings, service_account_name=PIPELINE_KSA,
+    )  # fmt: skip
+    return _without_nulls(ApiClient().sanitize_for_serialization(manifest))
+
+
+def test_pipeline_pods_meet_the_restricted_pod_security_standard() -> None:
+    """Step and orchestrator pods, read from configs/gcp.yaml by ZenML's own settings models."""
+    import kubernetes_validate
+    from zenml.integrations.kubernetes.flavors.kubernetes_orchestrator_flavor import (
+        KubernetesOrchestratorSettings,
+    )
+
+    run_config = yaml.safe_load(RUN_CONFIG_FILE.read_text())
+    settings = KubernetesOrchestratorSettings.model_validate(run_config["settings"]["orchestrator"])
+    pods = {"step": settings.pod_settings, "orchestrator": settings.orchestrator_pod_settings}
+    for role, pod_settings in pods.items():
+        assert pod_settings is not None, f"configs/gcp.yaml sets no {role} pod settings"
+        pod = zenml_pod(pod_settings, privileged=settings.privileged)
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        assert restricted_violations(pod) == [], role
+        (main,) = pod["spec"]["containers"]
+        assert main["securityContext"]["runAsUser"] == PIPELINE_UID
+        assert pod["spec"]["securityContext"]["runAsUser"] == PIPELINE_UID
+    assert settings.pod_settings.resources["limits"], "step pods need CPU and memory limits"
+
+
+def test_restricted_check_refuses_zenml_default_pods() -> None:
+    """Without our settings ZenML's pods break the standard: the check above can fail."""
+    from zenml.integrations.kubernetes.pod_settings import KubernetesPodSettings
+
+    problems = " | ".join(restricted_violations(zenml_pod(KubernetesPodSettings())))
+    for expected in ("allowPrivilegeEscalation", "drop ALL", "runAsNonRoot", "seccompProfile"):
+        assert expected in problems
+
+
+def test_pipeline_image_runs_as_the_pods_user() -> None:
+    """ZenML's pipeline image (built FROM docker/trainer.Dockerfile) ends as PIPELINE_UID.
+
+    ZenML's generated Dockerfile runs `RUN chmod -R a+rw .` on root-owned files, so the
+    trainer image must leave the user at root and let settings.docker.user switch last.
+    """
+    from zenml.config import DockerSettings
+    from zenml.utils.pipeline_docker_image_builder import PipelineDockerImageBuilder
+
+    trainer = (REPO_ROOT / "docker" / "trainer.Dockerfile").read_text()
+    assert re.search(rf"^RUN .*useradd --uid {PIPELINE_UID} ", trainer, re.MULTILINE | re.DOTALL)
+    assert [u for u in re.findall(r"^USER\s+(\S+)", trainer, re.MULTILINE) if u not in {"root", "0"}] == []
+
+    docker = DockerSettings.model_validate(yaml.safe_load(RUN_CONFIG_FILE.read_text())["settings"]["docker"])
+    lines = PipelineDockerImageBuilder._generate_zenml_pipeline_dockerfile(
+        parent_image="trainer", docker_settings=docker
+    ).splitlines()
+    users = [i for i, line in enumerate(lines) if line.startswith("USER ")]
+    assert users and lines[users[-1]] == f"USER {PIPELINE_UID}", lines
+    assert users[-1] > lines.index("RUN chmod -R a+rw ."), "ZenML's root-only steps must run before USER"

@@ -19,13 +19,16 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from steps.gcp_settings import load_gcp_settings
+from steps.gcp_settings import ZENML_SERVER_KSA, ZENML_SERVER_VALUES_FILE, load_gcp_settings
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 K8S = REPO_ROOT / "k8s"
 OVERLAYS = ["base", "overlays/gcp", "overlays/kind"]
 # GKE's regular channel; native sidecars need >= 1.29.
 KUBERNETES_VERSION = "1.33.0"
+NAMESPACE = "catsdogs"
+# Kinds that live outside any namespace; every other object must name NAMESPACE.
+CLUSTER_SCOPED_KINDS = {"Namespace", "ClusterRole", "ClusterRoleBinding", "CustomResourceDefinition"}
 
 # From the monitoring.googleapis.com/v1 PodMonitoring CRD (the fields used here).
 PODMONITORING_SCHEMA: dict[str, Any] = {
@@ -83,6 +86,21 @@ PODMONITORING_SCHEMA: dict[str, Any] = {
 }
 
 
+# The ZenML Helm chart's values layout (its values.yaml): pod-level settings at the top,
+# server settings under `zenml:`. A key elsewhere is silently ignored by Helm.
+ZENML_CHART_TOP_LEVEL = {
+    "imagePullSecrets", "nameOverride", "fullnameOverride", "zenml", "serviceAccount", "podAnnotations",
+    "podSecurityContext", "securityContext", "resources", "autoscaling", "nodeSelector", "tolerations",
+    "affinity",
+}  # fmt: skip
+ZENML_CHART_SERVER = {
+    "replicaCount", "image", "serverURL", "dashboardURL", "debug", "analyticsOptIn", "deploymentType",
+    "auth", "rootUrlPath", "defaultProject", "defaultUsername", "defaultPassword",
+    "enableImplicitAuthMethods", "database", "secretsStore", "backupSecretsStore", "secure_headers",
+    "environment", "secretEnvironment", "service", "ingress", "threadPoolSize", "proxy",
+}  # fmt: skip
+
+
 def render(overlay: str) -> list[dict[str, Any]]:
     kubectl = shutil.which("kubectl")
     if kubectl is None:
@@ -122,7 +140,19 @@ def test_every_object_passes_schema_validation(rendered: tuple[str, list[dict]])
             kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)
         except kubernetes_validate.ValidationError as exc:
             pytest.fail(f"{where}: {exc.message} at {list(exc.path)}")
-        assert doc["metadata"].get("namespace", "catsdogs") == "catsdogs" or doc["kind"] == "Namespace"
+
+
+def test_every_namespaced_object_names_the_namespace(rendered: tuple[str, list[dict]]) -> None:
+    """An object without a namespace lands in the kubectl context's namespace (usually
+    `default`): a PodMonitoring there selects no TorchServe pod and nothing is scraped."""
+    overlay, docs = rendered
+    for doc in docs:
+        where = f"{overlay}: {doc['kind']}/{doc['metadata']['name']}"
+        if doc["kind"] in CLUSTER_SCOPED_KINDS:
+            assert "namespace" not in doc["metadata"], where
+        else:
+            assert doc["metadata"].get("namespace") == NAMESPACE, f"{where} has no namespace {NAMESPACE}"
+    assert find(docs, "Namespace", NAMESPACE)
 
 
 def test_torchserve_deployment_is_production_ready(rendered: tuple[str, list[dict]]) -> None:
@@ -175,7 +205,10 @@ def test_only_inference_is_public(rendered: tuple[str, list[dict]]) -> None:
         for f in metrics_rule["from"]
         if "namespaceSelector" in f
     ]
-    assert namespaces == ["gmp-system"]
+    # Managed collection (Autopilot and Standard) scrapes from gke-gmp-system;
+    # self-deployed collection from gmp-system.
+    assert sorted(namespaces) == ["gke-gmp-system", "gmp-system"]
+    assert metrics_rule["ports"] == [{"port": "metrics", "protocol": "TCP"}]
     find(docs, "NetworkPolicy", "default-deny-ingress")
 
 
@@ -207,6 +240,8 @@ def test_gcp_overlay_uses_the_settings_file() -> None:
     config = find(docs, "ConfigMap", "catsdogs-settings")["data"]
     assert config["MODEL_STORE_URI"] == settings.model_store_uri
     monitor = find(docs, "PodMonitoring", "torchserve")
+    # A PodMonitoring only selects pods of its own namespace.
+    assert monitor["metadata"]["namespace"] == serving["metadata"]["namespace"] == settings.K8S_NAMESPACE
     ports = {p["name"] for p in container(serving, "torchserve")["ports"]}
     assert monitor["spec"]["endpoints"][0]["port"] in ports
     assert monitor["spec"]["selector"]["matchLabels"].items() <= (
@@ -219,3 +254,20 @@ def test_zenml_server_helm_values() -> None:
     stack = yaml.safe_load((REPO_ROOT / "zenml_stack.yaml").read_text())
     assert values["zenml"]["image"]["tag"] == stack["zenml_version"]
     assert values["zenml"]["database"]["url"] == "", "the database URL is passed at install time"
+    assert set(values) <= ZENML_CHART_TOP_LEVEL, set(values) - ZENML_CHART_TOP_LEVEL
+    misplaced = set(values["zenml"]) - ZENML_CHART_SERVER
+    assert not misplaced, f"not server settings of the chart (top-level keys?): {misplaced}"
+    assert values["resources"]["limits"] and values["resources"]["requests"]
+    assert values["zenml"]["debug"] is False and values["zenml"]["analyticsOptIn"] is False
+
+
+def test_zenml_server_has_workload_identity_from_the_settings_file() -> None:
+    """values-gcp.yaml (generated from configs/gcp.env) annotates the server's service account."""
+    values = yaml.safe_load((K8S / "zenml" / "values.yaml").read_text())
+    generated = yaml.safe_load(ZENML_SERVER_VALUES_FILE.read_text())
+    assert ZENML_SERVER_VALUES_FILE.read_text().startswith("# GENERATED from configs/gcp.env")
+    assert set(generated) <= ZENML_CHART_TOP_LEVEL
+    account = {**values["serviceAccount"], **generated["serviceAccount"]}  # helm merges -f files in order
+    assert account["create"] is True and account["name"] == ZENML_SERVER_KSA
+    email = load_gcp_settings(use_environ=False).google_service_account("zenml")
+    assert account["annotations"] == {"iam.gke.io/gcp-service-account": email}

@@ -7,9 +7,15 @@ fields rejected, exactly what ``gcloud monitoring dashboards create`` and
 
 Queries: a real Prometheus (Debian's ``prometheus`` package) scrapes a real local
 TorchServe serving the tiny test model while real photos (and a bad upload) go
-through it. Each query must parse and execute, and return data. Two kinds of
-metric only exist on GKE and may come back empty here: GKE system metrics
-(``kubernetes_io:*``) and GKE's kube state metrics (``kube_*``).
+through it (and, once, a prediction while the model has no worker: a 503). Each
+query must parse and execute, and return data; a query with an ``or vector(0)``
+fallback must return data without it too, or "returns data" would prove nothing.
+Two kinds of metric only exist on GKE and may come back empty here: GKE system
+metrics (``kubernetes_io:*``) and GKE's kube state metrics (``kube_*``).
+
+Managed Prometheus adds the target labels ``namespace``, ``cluster``, ``location``
+and ``project_id`` to what it scrapes, and the queries filter on the namespace; the
+local scrape adds the same labels (TARGET_LABELS).
 
 The drift alerts compare the last hour with the day before it (``offset``), and
 no test can wait a day. So, before Prometheus starts, one day of history is
@@ -32,6 +38,7 @@ from typing import Any
 
 import pytest
 import requests
+import yaml
 
 from tests.gcs_fixtures import free_port, wait_for_port
 from tests.torchserve_fixtures import *  # noqa: F403
@@ -40,6 +47,11 @@ from tests.torchserve_fixtures import *  # noqa: F403
 pytestmark = [pytest.mark.integration, pytest.mark.filterwarnings("ignore::FutureWarning")]
 MONITORING = Path(__file__).resolve().parents[1] / "k8s" / "monitoring"
 SCRAPE_JOB = "torchserve"  # the PodMonitoring's name is the job label in Managed Prometheus
+NAMESPACE = "catsdogs"
+# What Managed Prometheus attaches to every sample of a PodMonitoring target.
+TARGET_LABELS = {"namespace": NAMESPACE, "cluster": "catsdogs", "location": "europe-west1",
+                 "project_id": "example-project"}  # fmt: skip
+FALLBACK = re.compile(r"\s+or\s+vector\(0\)")
 GKE_ONLY = ("kubernetes_io:", "kube_")
 HISTORY_HOURS = 26  # covers `[1d] offset 1h`
 HISTORY_STEP_S = 300
@@ -154,7 +166,8 @@ def write_history(exposition: str, target: str, out: Path, now: float) -> Path:
     """One day of the captured exposition, replayed every HISTORY_STEP_S seconds, as OpenMetrics."""
     end = int(now) - HISTORY_GAP_S
     steps = HISTORY_HOURS * 3600 // HISTORY_STEP_S
-    scrape_labels = f'job="{SCRAPE_JOB}",instance="{target}"'
+    target_labels = ",".join(f'{k}="{v}"' for k, v in TARGET_LABELS.items())
+    scrape_labels = f'job="{SCRAPE_JOB}",instance="{target}",{target_labels}'
     lines = []
     for name, labels, value, cumulative in _exposition_samples(exposition):
         full = f"{{{labels[1:-1]},{scrape_labels}}}" if labels != "{}" else f"{{{scrape_labels}}}"
@@ -171,6 +184,30 @@ def send_traffic(ts_client: Any, petimages_dir: Path) -> None:
         for i in (1, 2, 3):
             ts_client.predict_raw("catsdogs", (petimages_dir / label / f"{i}.jpg").read_bytes())
     assert ts_client.predict_raw("catsdogs", b"this is not an image").status_code >= 400
+
+
+def send_a_5xx(ts_client: Any, petimages_dir: Path) -> None:
+    """One prediction while the model has no worker: TorchServe answers 503, so Requests5XX exists.
+
+    The worker is back before this returns (other test modules share this server).
+    """
+    auth = {"Authorization": f"Bearer {ts_client.management_token}"} if ts_client.management_token else {}
+
+    def scale(workers: int) -> None:
+        response = requests.put(
+            f"{ts_client.management_url}/models/catsdogs", headers=auth, timeout=120,
+            params={"min_worker": workers, "max_worker": workers, "synchronous": "true"},
+        )  # fmt: skip
+        assert response.status_code == 200, response.text
+
+    version = ts_client.default_version("catsdogs")
+    scale(0)
+    try:
+        photo = (petimages_dir / "Cat" / "1.jpg").read_bytes()
+        assert ts_client.predict_raw("catsdogs", photo).status_code == 503
+    finally:
+        scale(1)
+        ts_client.wait_for_workers("catsdogs", version)
 
 
 def _wait_until_ready(base: str, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -209,14 +246,18 @@ def prometheus(
     target = torchserve_server.metrics_url.removeprefix("http://")
 
     send_traffic(ts_client, petimages_dir)
+    # Before the first scrape: TorchServe creates Requests5XX at the first 5xx, and a series
+    # whose first sample is already 1 never shows a rate above 0.
+    send_a_5xx(ts_client, petimages_dir)
     history = write_history(ts_client.metrics_text(), target, workdir / "history.om", time.time())
     subprocess.run([promtool, "tsdb", "create-blocks-from", "openmetrics", "--quiet", str(history),
                     str(workdir / "data")], check=True, capture_output=True)  # fmt: skip
 
+    labels = ", ".join(f"{k}: {v}" for k, v in TARGET_LABELS.items())
     (workdir / "prometheus.yml").write_text(
         "global: {scrape_interval: 1s, evaluation_interval: 1s}\n"
         f"scrape_configs:\n  - job_name: {SCRAPE_JOB}\n"
-        f"    static_configs: [{{targets: ['{target}']}}]\n"
+        f"    static_configs: [{{targets: ['{target}'], labels: {{{labels}}}}}]\n"
     )
     port = free_port()
     process = subprocess.Popen(
@@ -233,8 +274,10 @@ def prometheus(
         # between two scrapes and 5-minute rates have data.
         _wait_for(base, f'up{{job="{SCRAPE_JOB}"}} == 1', "target never scraped")
         send_traffic(ts_client, petimages_dir)
-        _wait_for(base, "sum(rate(catsdogs_predictions_total[5m])) > 0", "no live traffic seen")
-        _wait_for(base, "sum(rate(Requests4XX[5m])) > 0", "no live 4xx seen")
+        ns = f'namespace="{NAMESPACE}"'
+        _wait_for(base, f"sum(rate(catsdogs_predictions_total{{{ns}}}[5m])) > 0", "no live traffic seen")
+        _wait_for(base, f"sum(rate(catsdogs_request_errors_total{{{ns}}}[5m])) > 0", "no live 4xx seen")
+        _wait_for(base, f"sum(rate(Requests5XX{{{ns}}}[5m]))", "Requests5XX never scraped")
         yield base
     finally:
         process.terminate()
@@ -244,11 +287,21 @@ def prometheus(
             process.kill()
 
 
+def assert_has_data(base: str, promql: str, what: str) -> None:
+    """Data for the query, and for it without its `or vector(0)` fallbacks: the series behind it exist."""
+    result = query(base, promql)
+    if any(prefix in promql for prefix in GKE_ONLY):
+        query(base, FALLBACK.sub("", promql))  # parses too; no data outside GKE
+        return
+    assert result, f"no data for {what}:\n{promql}"
+    if FALLBACK.search(promql):
+        bare = FALLBACK.sub("", promql)
+        assert query(base, bare), f"{what}: only the `or vector(0)` fallback answers, no series:\n{bare}"
+
+
 @pytest.mark.parametrize("promql", dashboard_queries())
 def test_dashboard_query_returns_data(prometheus: str, promql: str) -> None:
-    result = query(prometheus, promql)
-    if not any(prefix in promql for prefix in GKE_ONLY):
-        assert result, f"no data for dashboard query:\n{promql}"
+    assert_has_data(prometheus, promql, "dashboard query")
 
 
 @pytest.mark.parametrize(("policy", "promql"), alert_queries())
@@ -256,7 +309,31 @@ def test_alert_condition_parses_and_its_signal_has_data(prometheus: str, policy:
     query(prometheus, promql)  # the full condition executes
     match = _COMPARISON.match(promql)
     assert match, f"{policy}: an alert condition must end with a threshold comparison"
-    assert query(prometheus, match["signal"]), f"{policy}: no data for\n{match['signal']}"
+    assert_has_data(prometheus, match["signal"], policy)
+
+
+def scraped_metric_selector() -> re.Pattern[str]:
+    """A selector of any metric the TorchServe scrape yields (serve_config/metrics.yaml, plus `up`)."""
+    config = yaml.safe_load((MONITORING.parents[1] / "serve_config" / "metrics.yaml").read_text())
+    names = ["up"] + [
+        metric["name"]
+        for group in ("ts_metrics", "model_metrics")
+        for metrics in config[group].values()
+        for metric in metrics
+    ]
+    alternatives = "|".join(sorted(map(re.escape, names), key=len, reverse=True))
+    return re.compile(rf"\b({alternatives})(?:_bucket|_sum|_count)?\b(\{{[^}}]*\}})?")
+
+
+def test_queries_select_the_namespace_and_prediction_requests_only() -> None:
+    """Managed Prometheus scrapes every namespace into one store: each selector of a TorchServe
+    metric names ours. Error shares divide by prediction requests, never by Requests2XX
+    (it also counts health probes and metric scrapes)."""
+    selector = scraped_metric_selector()
+    for promql in dashboard_queries() + [q for _, q in alert_queries()]:
+        assert "Requests2XX" not in promql, promql
+        for match in selector.finditer(promql):
+            assert f'namespace="{NAMESPACE}"' in (match[2] or ""), f"{match[0]} in:\n{promql}"
 
 
 def test_drift_alerts_stay_quiet_when_traffic_is_unchanged(prometheus: str) -> None:
