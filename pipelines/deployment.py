@@ -10,13 +10,15 @@ Run it::
 
     zenml pipeline run pipelines.deployment.deployment_pipeline        # latest trained model
     python -m pipelines.deployment --bundle runs/model.pt              # a bundle file
+    python -m pipelines.deployment --training-run RUN_ID_OR_NAME       # that training run's model
     python -m pipelines.deployment --no-zenml --bundle runs/model.pt   # plain functions only
     python -m pipelines.deployment --publish gs://BUCKET/model-store    # + publish for GKE
 
-The model comes from ``bundle_path`` or, when empty, from the ``model_bundle``
-output of the latest *completed* training run (completed = it passed the
-evaluation quality gate). ZenML lookups happen when the pipeline is built,
-never at import.
+The model comes from ``bundle_path``, else from the ``model_bundle`` output of
+the training run ``training_run`` (id or name), else of your latest *completed*
+training run on the active stack (completed = it passed the evaluation quality
+gate; a named run that did not complete is refused). ZenML lookups happen when
+the pipeline is built, never at import.
 """
 
 from __future__ import annotations
@@ -42,19 +44,37 @@ TRAINING_STEP = "train"
 BUNDLE_OUTPUT = "model_bundle"
 
 
-def latest_trained_bundle() -> Any:
-    """The ``model_bundle`` artifact of the newest completed training run."""
+def trained_bundle(training_run: str = "") -> Any:
+    """The ``model_bundle`` artifact of one completed training run.
+
+    ``training_run`` (a run id or name) names the run: what CI passes, so that the
+    model published is the one its own run trained and evaluated. Without it: the
+    newest completed run of the current user on the active stack, never another
+    user's or another stack's run (a shared ZenML server holds both).
+    """
     from zenml.client import Client
 
-    runs = Client().list_pipeline_runs(
-        pipeline_name=TRAINING_PIPELINE, status="completed", sort_by="desc:created", size=1
-    )
-    if not runs.items:
-        raise RuntimeError(
-            "no completed training run found: run `make run` (or the training pipeline) first, "
-            "or pass bundle_path"
+    from steps.zenml_ci import completed_run
+
+    if training_run:
+        run = completed_run(training_run, TRAINING_PIPELINE)
+    else:
+        client = Client()
+        runs = client.list_pipeline_runs(
+            pipeline=TRAINING_PIPELINE,
+            status="completed",
+            stack_id=client.active_stack_model.id,
+            user=client.active_user.id,
+            sort_by="desc:created",
+            size=1,
         )
-    outputs = runs.items[0].steps[TRAINING_STEP].outputs[BUNDLE_OUTPUT]
+        if not runs.items:
+            raise RuntimeError(
+                f"no completed training run of yours on stack {client.active_stack_model.name}: "
+                "run `make run` (or the training pipeline) first, or pass bundle_path or training_run"
+            )
+        run = runs.items[0]
+    outputs = run.steps[TRAINING_STEP].outputs[BUNDLE_OUTPUT]
     return outputs[0] if isinstance(outputs, list) else outputs
 
 
@@ -87,9 +107,13 @@ def promote_candidate(candidate: dict) -> Annotated[dict, "deployment"]:
 
 @pipeline(enable_cache=False)
 def deployment_pipeline(
-    bundle_path: str = "", model_name: str = DEFAULT_MODEL_NAME, run_dir: str = "", publish_to: str = ""
+    bundle_path: str = "",
+    model_name: str = DEFAULT_MODEL_NAME,
+    run_dir: str = "",
+    publish_to: str = "",
+    training_run: str = "",
 ) -> None:
-    bundle = load_bundle_file(bundle_path) if bundle_path else latest_trained_bundle()
+    bundle = load_bundle_file(bundle_path) if bundle_path else trained_bundle(training_run)
     tracker = mlflow_tracker_name()
     packager = package_model.with_options(experiment_tracker=tracker) if tracker else package_model
     mar = packager(bundle, model_name=model_name)
@@ -132,7 +156,10 @@ def print_curl(curl: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description="Deploy a trained model to local TorchServe")
-    parser.add_argument("--bundle", default="", help="model.pt bundle (default: latest training run)")
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--bundle", default="", help="model.pt bundle (default: your latest training run)")
+    source.add_argument("--training-run", default="", metavar="RUN",
+                        help="id or name of the completed training run whose model to deploy")  # fmt: skip
     parser.add_argument("--model-name", default=DEFAULT_MODEL_NAME)
     parser.add_argument("--no-zenml", action="store_true",
                         help="deploy with the plain functions (needs --bundle)")  # fmt: skip
@@ -148,7 +175,12 @@ def main(argv: list[str] | None = None) -> int:
             result = deployment.deploy_latest(Path(args.bundle), model_name=args.model_name)
             curl = result["curl"]
         else:
-            deployment_pipeline(bundle_path=args.bundle, model_name=args.model_name, publish_to=args.publish)
+            deployment_pipeline(
+                bundle_path=args.bundle,
+                model_name=args.model_name,
+                publish_to=args.publish,
+                training_run=args.training_run,
+            )
             settings = torchserve_local.load_running()
             if settings is None:
                 raise deployment.DeploymentError("the pipeline finished but no local TorchServe answers")

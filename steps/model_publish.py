@@ -14,11 +14,16 @@ model again is a no-op that keeps the first archive, another model under the sam
 version is refused (rollbacks fetch old versions and must get what was tested).
 The record is written last, so its presence means the archive is complete.
 
-    python -m steps.model_publish [--mar FILE | --bundle model.pt] [--store gs://B/model-store] [--outputs F]
+    python -m steps.model_publish [--mar FILE | --bundle model.pt | --run-id RUN] [--store gs://B/model-store]
+                                  [--outputs F]
 
-Without ``--mar`` or ``--bundle`` the model is the ``model_bundle`` of the latest
-completed training run on the active ZenML stack (what the train-and-deploy
-workflow publishes). ``--store`` defaults to MODEL_STORE_URI of configs/gcp.env.
+``--run-id`` (a training run's id or name) publishes the ``model_bundle`` of exactly
+that run, and only if it completed (passed the quality gate): the train-and-deploy
+workflow passes the run scripts/run_training_pipeline.sh started and checked, so
+another run (someone else's, another stack's, a newer one) can never be shipped
+in its place. With no source at all: your latest completed training run on the
+active ZenML stack (for hands-on use). ``--store`` defaults to MODEL_STORE_URI of
+configs/gcp.env.
 ``model_version=<version>`` is appended to ``--outputs`` (a GitHub step output).
 """
 
@@ -152,10 +157,11 @@ def publish_model(mar: Path, smoke_tested: dict, store_uri: str) -> Annotated[di
     return asdict(published)
 
 
-def _latest_bundle() -> dict[str, Any]:
-    from pipelines.deployment import latest_trained_bundle
+def _trained_bundle(training_run: str) -> dict[str, Any]:
+    """The bundle of that training run (empty: your latest completed one on the active stack)."""
+    from pipelines.deployment import trained_bundle
 
-    return latest_trained_bundle().load()
+    return trained_bundle(training_run).load()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -163,6 +169,7 @@ def main(argv: list[str] | None = None) -> int:
     source = parser.add_mutually_exclusive_group()
     source.add_argument("--mar", type=Path, help="a packaged .mar")
     source.add_argument("--bundle", type=Path, help="a model.pt bundle, packaged here")
+    source.add_argument("--run-id", default="", help="id or name of the completed training run to publish")
     parser.add_argument("--store", default="", help="model store URI (default: configs/gcp.env's)")
     parser.add_argument("--outputs", type=Path, help="append model_version=<version> to this file")
     args = parser.parse_args(argv)
@@ -177,7 +184,7 @@ def main(argv: list[str] | None = None) -> int:
             bundle = (
                 torch.load(str(args.bundle), map_location="cpu", weights_only=True)
                 if args.bundle
-                else _latest_bundle()
+                else _trained_bundle(args.run_id)
             )
             with tempfile.TemporaryDirectory(prefix="catsdogs-publish-") as tmp:
                 published = publish_mar(build_mar(bundle, tmp), store)

@@ -15,6 +15,7 @@ import shutil
 import stat
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import gcsfs
@@ -27,6 +28,7 @@ REPO_ROOT = Path(__file__).resolve().parents[1]
 SCRIPTS = REPO_ROOT / "scripts"
 FAKE_KUBECTL = Path(__file__).with_name("fake_kubectl.py")
 REAL_KUBECTL = shutil.which("kubectl")
+FAKE_API_KEY = "fake-api-key-0123456789abcdef"  # what tests/fake_kubectl.py's Secret holds by default
 OWN_SCRIPTS = [
     "deploy.sh",
     "rollback.sh",
@@ -355,46 +357,76 @@ def test_rollback_bad_usage(cluster: Cluster, args) -> None:
 # --- smoke.sh ----------------------------------------------------------------------------
 
 
-def test_smoke_port_forwards_a_ready_pod_and_passes_the_token(cluster: Cluster) -> None:
+def test_smoke_predicts_through_the_service_and_checks_a_ready_pod(cluster: Cluster) -> None:
     cluster.set(exists=True, revision=2)
     result = cluster.run("smoke.sh", "--", "--timeout", "30")
     assert result.returncode == 0, result.stderr
-    forward = next(c for c in cluster.calls() if "port-forward" in c)
-    assert "pod/torchserve-new" in forward  # the terminating pod is skipped
-    assert forward[-3:] == [":8080", ":8081", ":8082"]
+    service, pod = [c for c in cluster.calls() if "port-forward" in c]
+    assert service[-2:] == ["svc/torchserve", ":80"]  # predictions as clients send them
+    assert pod[-3:] == ["pod/torchserve-new", ":8081", ":8082"]  # the terminating pod is skipped
     (args,) = cluster.smoke_calls()
-    assert args[args.index("--url") + 1] == "http://127.0.0.1:18080"
-    assert args[args.index("--management-url") + 1] == "http://127.0.0.1:18081"
-    assert args[args.index("--metrics-url") + 1] == "http://127.0.0.1:18082"
-    # Tokens travel in the environment, never on the command line, never printed.
-    assert args[-1] == {
-        "TS_INFERENCE_TOKEN": "fake-inference-key",
-        "TS_MANAGEMENT_TOKEN": "fake-management-key",
-    }
+    assert args[args.index("--url") + 1] == "http://127.0.0.1:28080"
+    assert args[args.index("--management-url") + 1] == "http://127.0.0.1:18080"
+    assert args[args.index("--metrics-url") + 1] == "http://127.0.0.1:18081"
+    assert "--expect-version" not in args
+    # The shared key comes from the Secret, travels in the environment, never on a
+    # command line, never printed; management needs no token in the pod.
+    assert [c[2:] for c in cluster.calls() if "secret" in c] == [
+        ["get", "secret", "torchserve-api-key", "-o", "json"]
+    ]
+    assert args[-1] == {"TS_INFERENCE_TOKEN": FAKE_API_KEY, "TS_MANAGEMENT_TOKEN": None}
     assert args[-3:-1] == ["--timeout", "30"]
-    assert not any("fake-" in str(a) for a in args[:-1])
-    assert "fake-inference-key" not in result.stdout + result.stderr
-    assert "fake-management-key" not in result.stdout + result.stderr
+    assert not any(FAKE_API_KEY in str(a) for a in args[:-1])
+    assert FAKE_API_KEY not in result.stdout + result.stderr
+    assert not any(FAKE_API_KEY in " ".join(c) for c in cluster.calls())
+    assert "exec" not in cluster.verbs()
 
 
-def test_smoke_masks_token_in_github_actions(cluster: Cluster) -> None:
+def test_smoke_uses_the_first_key_of_a_rotation(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=2, api_key="new-key-0123456789abcdef\nold-key-0123456789abcdef\n")
+    assert cluster.run("smoke.sh").returncode == 0
+    (args,) = cluster.smoke_calls()
+    assert args[-1]["TS_INFERENCE_TOKEN"] == "new-key-0123456789abcdef"
+
+
+def test_smoke_masks_the_key_in_github_actions(cluster: Cluster) -> None:
     cluster.set(exists=True, revision=2)
     result = cluster.run("smoke.sh", GITHUB_ACTIONS="true")
     assert result.returncode == 0, result.stderr
     lines = result.stdout.splitlines()
-    assert "::add-mask::fake-inference-key" in lines
-    assert "::add-mask::fake-management-key" in lines
-    assert sum("fake-" in line for line in lines) == 2
+    assert f"::add-mask::{FAKE_API_KEY}" in lines
+    assert sum(FAKE_API_KEY in line for line in lines) == 1
 
 
-def test_smoke_without_token(cluster: Cluster) -> None:
+@pytest.mark.parametrize(
+    ("args", "env"), [(["--expect-version", "v7"], {}), ([], {"SMOKE_EXPECT_VERSION": "v7"})]
+)
+def test_smoke_expects_the_deployed_version(cluster: Cluster, args: list[str], env: dict[str, str]) -> None:
     cluster.set(exists=True, revision=2)
-    result = cluster.run("smoke.sh", "--no-token", "--ports", "8080")
+    result = cluster.run("smoke.sh", *args, **env)
+    assert result.returncode == 0, result.stderr
+    (smoke_args,) = cluster.smoke_calls()
+    assert smoke_args[smoke_args.index("--expect-version") + 1] == "v7"
+
+
+def test_smoke_without_the_secret_exits_5_before_testing(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=2, api_key=None)
+    result = cluster.run("smoke.sh")
+    assert result.returncode == 5
+    assert "Secret catsdogs/torchserve-api-key" in result.stderr
+    assert cluster.smoke_calls() == []
+    assert "port-forward" not in " ".join(cluster.verbs())
+
+
+def test_smoke_without_token_or_pod_checks(cluster: Cluster) -> None:
+    cluster.set(exists=True, revision=2)
+    result = cluster.run("smoke.sh", "--no-token", "--pod-ports", "")
     assert result.returncode == 0, result.stderr
     (args,) = cluster.smoke_calls()
-    assert "--management-url" not in args
+    assert "--management-url" not in args and "--metrics-url" not in args
     assert args[-1] == {"TS_INFERENCE_TOKEN": None, "TS_MANAGEMENT_TOKEN": None}
-    assert "exec" not in cluster.verbs()
+    assert "get secret" not in cluster.verbs()
+    assert [c[-2:] for c in cluster.calls() if "port-forward" in c] == [["svc/torchserve", ":80"]]
 
 
 def test_smoke_failure_propagates_exit_status(cluster: Cluster) -> None:
@@ -520,14 +552,26 @@ def test_ci_env_rejects_a_bad_sha(tmp_path: Path) -> None:
 
 # --- run_training_pipeline.sh --------------------------------------------------------------
 
+# `zenml pipeline run` as it behaves with the Kubernetes orchestrator: the run (a real, tiny
+# one named training_pipeline, in the test's ZenML store) records a failed quality gate, and
+# the command still exits 0 (FAKE_PIPELINE_EXIT). Any other zenml call is a mistake here.
 FAKE_ZENML = """\
-#!/bin/sh
-echo "$*" >> "$FAKE_ZENML_LOG"
-case "$1 $2" in
-  "stack set") [ -f "$FAKE_ZENML_DIR/stack_exists" ] || exit 1 ;;
-  "stack import") touch "$FAKE_ZENML_DIR/stack_exists" ;;
-  "pipeline run") exit "${FAKE_PIPELINE_EXIT:-0}" ;;
-esac
+import json, os, sys
+import yaml
+args = sys.argv[1:]
+with open(os.environ["FAKE_ZENML_LOG"], "a") as log:
+    log.write(" ".join(args) + "\\n")
+if args[:2] != ["pipeline", "run"]:
+    sys.exit("fake zenml: only `zenml pipeline run` is expected, got: " + " ".join(args))
+with open(args[args.index("-c") + 1]) as f:
+    config = yaml.safe_load(f)
+with open(os.environ["FAKE_ZENML_CONFIGS"], "a") as out:
+    out.write(json.dumps(config) + "\\n")
+if os.environ.get("FAKE_PIPELINE_STARTS", "1") == "1":
+    sys.path.insert(0, os.getcwd())
+    from tests.tiny_training_pipeline import run
+    run(config["run_name"], fail=os.environ.get("FAKE_PIPELINE_FAIL") == "1")
+sys.exit(int(os.environ.get("FAKE_PIPELINE_EXIT", "0")))
 """
 
 
@@ -558,8 +602,9 @@ def zenml(
     gcs_env: GcsEmulator,  # noqa: F811  (the fixture imported above)
     petimages_dir: Path,
 ) -> dict[str, str]:
-    """A fake `zenml` CLI first on PATH; the preflight before it runs for real: the production
-    bucket name with photos in the GCS emulator, the secret in a throwaway ZenML store."""
+    """A fake `zenml` CLI first on PATH; the rest runs for real in a throwaway ZenML store: the
+    preflight (the production bucket name with photos in the GCS emulator, the MLflow secret),
+    the stack sync and the run check. Each test is another GitHub run (GITHUB_RUN_ID)."""
     from steps.gcp_settings import RAW_DATA_PREFIX, load_gcp_settings
 
     bucket = load_gcp_settings(use_environ=False).GCS_BUCKET
@@ -569,8 +614,9 @@ def zenml(
     upload_photos(petimages_dir, bucket, RAW_DATA_PREFIX, per_class=2)
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
+    (tmp_path / "fake_zenml.py").write_text(FAKE_ZENML)
     fake = bin_dir / "zenml"
-    fake.write_text(FAKE_ZENML)
+    fake.write_text(f'#!/bin/sh\nexec {sys.executable} {tmp_path / "fake_zenml.py"} "$@"\n')
     fake.chmod(0o755)
     return {
         **os.environ,
@@ -578,19 +624,21 @@ def zenml(
         "PATH": f"{bin_dir}{os.pathsep}{os.environ['PATH']}",
         "PYTHON": sys.executable,
         "FAKE_ZENML_LOG": str(tmp_path / "zenml.log"),
-        "FAKE_ZENML_DIR": str(tmp_path),
+        "FAKE_ZENML_CONFIGS": str(tmp_path / "zenml_configs.jsonl"),
         "GITHUB_OUTPUT": str(tmp_path / "outputs"),
+        "GITHUB_RUN_ID": uuid.uuid4().hex[:12],
+        "GITHUB_RUN_ATTEMPT": "3",
         "ZENML_STORE_API_KEY": "zenml-key-never-printed",
     }
 
 
-def run_pipeline_script(env: dict[str, str]) -> subprocess.CompletedProcess:
+def run_pipeline_script(env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        ["bash", str(SCRIPTS / "run_training_pipeline.sh")],
+        ["bash", str(SCRIPTS / "run_training_pipeline.sh"), *args],
         env=env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=300,
         cwd=REPO_ROOT,
     )
 
@@ -600,31 +648,59 @@ def zenml_calls(env: dict[str, str]) -> list[str]:
     return log.read_text().splitlines() if log.exists() else []
 
 
-def test_pipeline_imports_the_stack_once_then_runs(zenml: dict[str, str], tmp_path: Path) -> None:
+def outputs_of(env: dict[str, str]) -> list[str]:
+    outputs = Path(env["GITHUB_OUTPUT"])
+    return outputs.read_text().splitlines() if outputs.exists() else []
+
+
+def test_pipeline_syncs_the_stack_and_runs_this_run_on_it(zenml: dict[str, str]) -> None:
+    """The stack goes to the server without prompts, the run gets a name of its own, is run on
+    that stack explicitly, and its id is handed on for publishing."""
     stack = yaml.safe_load((REPO_ROOT / "zenml_stack.yaml").read_text())["stack_name"]
+    run_name = f"{stack}-gh{zenml['GITHUB_RUN_ID']}-3"
     result = run_pipeline_script(zenml)
-    assert result.returncode == 0, result.stderr
-    assert zenml_calls(zenml) == [
-        f"stack set {stack}",
-        f"stack import {stack} -f zenml_stack.yaml",
-        f"stack set {stack}",
-        "pipeline run pipelines.training.training_pipeline -c configs/gcp.yaml",
-    ]
-    assert "pipeline_passed=true" in (tmp_path / "outputs").read_text().splitlines()
+    assert result.returncode == 0, result.stderr[-3000:]
+    (call,) = zenml_calls(zenml)
+    config_path = call.split(" -c ")[1].split(" ")[0]
+    assert call == f"pipeline run pipelines.training.training_pipeline -c {config_path} -s {stack}"
+    (config,) = [json.loads(line) for line in Path(zenml["FAKE_ZENML_CONFIGS"]).read_text().splitlines()]
+    expected = yaml.safe_load((REPO_ROOT / "configs" / "gcp.yaml").read_text())
+    assert config == {**expected, "run_name": run_name}
+    assert not Path(config_path).exists(), "the temporary run config is removed"
+    outputs = outputs_of(zenml)
+    assert f"run_name={run_name}" in outputs and "pipeline_passed=true" in outputs
+    (run_id,) = [line.removeprefix("run_id=") for line in outputs if line.startswith("run_id=")]
+    assert len(run_id) == 36
+    synced = [line for line in result.stderr.splitlines() if line.startswith("zenml stack:")]
+    assert any(f"stack {stack}" in line for line in synced), result.stderr  # created, updated or unchanged
     assert "zenml-key-never-printed" not in result.stdout + result.stderr
-    # Second run: the stack is on the server already.
-    Path(zenml["FAKE_ZENML_LOG"]).unlink()
-    assert run_pipeline_script(zenml).returncode == 0
-    assert zenml_calls(zenml)[0] == f"stack set {stack}"
-    assert not any("import" in call for call in zenml_calls(zenml))
+    # Another run of the workflow: the stack is on the server already; still no prompt.
+    again = run_pipeline_script({**zenml, "GITHUB_RUN_ID": zenml["GITHUB_RUN_ID"] + "2"})
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"zenml stack: stack {stack} unchanged" in again.stderr
 
 
-def test_failed_quality_gate_stops_the_release(zenml: dict[str, str], tmp_path: Path) -> None:
-    result = run_pipeline_script({**zenml, "FAKE_PIPELINE_EXIT": "1"})
+def test_failed_quality_gate_stops_the_release_although_zenml_exits_0(zenml: dict[str, str]) -> None:
+    """With the Kubernetes orchestrator `zenml pipeline run` exits 0 after a failed step."""
+    result = run_pipeline_script({**zenml, "FAKE_PIPELINE_FAIL": "1", "FAKE_PIPELINE_EXIT": "0"})
     assert result.returncode == 6
-    assert "quality gate" in result.stderr
-    outputs = tmp_path / "outputs"
-    assert not outputs.exists() or "pipeline_passed" not in outputs.read_text()
+    assert "step evaluate failed: quality gate failed: test accuracy 0.5000" in result.stderr
+    assert "nothing will be built or deployed" in result.stderr
+    assert not any(line.startswith(("pipeline_passed", "run_id")) for line in outputs_of(zenml))
+
+
+def test_a_run_that_never_started_stops_the_release(zenml: dict[str, str]) -> None:
+    result = run_pipeline_script({**zenml, "FAKE_PIPELINE_STARTS": "0", "FAKE_PIPELINE_EXIT": "1"})
+    assert result.returncode == 6
+    assert "the run never started" in result.stderr
+    assert outputs_of(zenml) == []
+
+
+def test_a_bad_run_name_is_refused_before_anything_runs(zenml: dict[str, str]) -> None:
+    result = run_pipeline_script(zenml, "--run-name", "main; rm -rf /")
+    assert result.returncode == 2
+    assert "--run-name must match" in result.stderr
+    assert zenml_calls(zenml) == []
 
 
 def test_failed_preflight_stops_before_any_zenml_call(zenml: dict[str, str], tmp_path: Path) -> None:
@@ -652,7 +728,23 @@ def test_pipeline_needs_the_zenml_server(zenml: dict[str, str], missing: str) ->
 # --- kind_e2e.sh -----------------------------------------------------------------------------
 
 
-def test_kind_e2e_places_the_model_creates_the_cluster_and_releases(cluster: Cluster, tmp_path: Path) -> None:
+# Stands in for `python scripts/build_e2e_mar.py --out DIR --version V ...`; anything else runs.
+FAKE_PYTHON = """\
+#!/bin/sh
+case "$1" in
+  *build_e2e_mar.py)
+    echo "build_e2e_mar $*" >> "$TOOLS_LOG"
+    while [ $# -gt 0 ]; do [ "$1" = --out ] && out="$2"; shift; done
+    mkdir -p "$out" && printf 'PK built here' > "$out/catsdogs.mar" && echo "$out/catsdogs.mar" ;;
+  *) exec "$REAL_PYTHON" "$@" ;;
+esac
+"""
+
+
+@pytest.mark.parametrize("with_mar", [True, False])
+def test_kind_e2e_places_the_model_creates_the_cluster_and_releases(
+    cluster: Cluster, tmp_path: Path, with_mar: bool
+) -> None:
     """The whole kind flow with fake docker and kind, in a scratch checkout."""
     checkout = tmp_path / "checkout"
     (checkout / "docker").mkdir(parents=True)
@@ -667,6 +759,7 @@ def test_kind_e2e_places_the_model_creates_the_cluster_and_releases(cluster: Clu
         "kind": 'echo "kind $*" >> "$TOOLS_LOG"; '
         'if [ "$2" = cluster ]; then while [ $# -gt 0 ]; do '
         '[ "$1" = --config ] && cat "$2" >> "$TOOLS_LOG"; shift; done; fi; true',
+        "python": FAKE_PYTHON.removeprefix("#!/bin/sh\n"),
     }.items():
         path = cluster.bin / tool
         path.write_text(f"#!/bin/sh\n{body}\n")
@@ -679,10 +772,15 @@ def test_kind_e2e_places_the_model_creates_the_cluster_and_releases(cluster: Clu
         f'exec {cluster.bin / "kubectl-fake"} "$@"\n'
     )
     wrapper.chmod(0o755)
-    cluster.set(exists=True, revision=2)
+    cluster.set(exists=True, revision=2, api_key=None)  # a new cluster: no Secret yet
     result = subprocess.run(
-        ["bash", str(SCRIPTS / "kind_e2e.sh"), "--mar", str(mar)],
-        env={**cluster.env, "TOOLS_LOG": str(tools_log)},
+        ["bash", str(SCRIPTS / "kind_e2e.sh"), *(["--mar", str(mar)] if with_mar else [])],
+        env={
+            **cluster.env,
+            "TOOLS_LOG": str(tools_log),
+            "PYTHON": str(cluster.bin / "python"),
+            "REAL_PYTHON": sys.executable,
+        },
         capture_output=True,
         text=True,
         timeout=120,
@@ -690,7 +788,7 @@ def test_kind_e2e_places_the_model_creates_the_cluster_and_releases(cluster: Clu
     )
     assert result.returncode == 0, result.stdout + result.stderr
     placed = checkout / "runs" / "kind-models" / "catsdogs" / "1" / "catsdogs.mar"
-    assert placed.read_bytes() == b"PK fake archive"
+    assert placed.read_bytes() == (b"PK fake archive" if with_mar else b"PK built here")
     log = tools_log.read_text()
     assert "kind create cluster --name catsdogs-e2e --config" in log
     assert f"hostPath: {checkout / 'runs' / 'kind-models'}" in log
@@ -703,7 +801,21 @@ def test_kind_e2e_places_the_model_creates_the_cluster_and_releases(cluster: Clu
     assert kustomization["images"] == [
         {"name": "catsdogs-serving", "newName": "catsdogs-serving", "newTag": "e2e-local"}
     ]
-    assert len(cluster.smoke_calls()) == 1
+    # The Secret with a random key, made before the release; never on a command line.
+    key = cluster.state["api_key"]
+    assert len(key) == 64 and int(key, 16) >= 0
+    verbs = cluster.verbs()
+    assert verbs.index("create secret") < verbs.index("apply -k")
+    assert not any(key in " ".join(call) for call in cluster.calls())
+    assert key not in result.stdout + result.stderr
+    (smoke,) = cluster.smoke_calls()
+    assert smoke[-1]["TS_INFERENCE_TOKEN"] == key
+    # A model built here must be the one answering: its version is expected.
+    if with_mar:
+        assert "--expect-version" not in smoke
+    else:
+        assert "--version e2e-local" in log
+        assert smoke[smoke.index("--expect-version") + 1] == "e2e-local"
 
 
 def test_kind_overlay_matches_the_e2e_script() -> None:

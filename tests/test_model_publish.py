@@ -137,3 +137,50 @@ def test_deployment_pipeline_publishes_the_smoke_tested_model(
         running = torchserve_local.load_running(run_dir)
         if running is not None:
             torchserve_local.stop(running)
+
+
+def test_cli_publishes_exactly_the_training_run_it_is_given(
+    store: str, petimages_dir: Path, tmp_path: Path
+) -> None:
+    """`--run-id`: that run's model, not the newest completed run; a run that failed its gate is refused.
+
+    The runs are tests/tiny_training_pipeline.py's (the real pipeline name, step and output
+    names and materializer), in a ZenML store of this test's own.
+    """
+    env = {**os.environ, "ZENML_CONFIG_PATH": str(tmp_path / "zenml"), "ZENML_ANALYTICS_OPT_IN": "false"}
+    ids = {}
+    for name, version, flags in (
+        ("run-a", "ver-a", []),
+        ("run-b", "ver-b", []),
+        ("run-c", "ver-c", ["--fail"]),
+    ):
+        bundle_file = tmp_path / f"{name}.pt"
+        torch.save(fitted_tiny_bundle(petimages_dir, version), bundle_file)
+        result = subprocess.run(
+            [sys.executable, "-m", "tests.tiny_training_pipeline", "--run-name", name, "--bundle",
+             str(bundle_file), *flags],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        ids[name] = result.stdout.strip().splitlines()[-1].removeprefix("run_id=")
+
+    def publish(run: str) -> tuple[subprocess.CompletedProcess, Path]:
+        outputs = tmp_path / f"outputs-{run}"
+        result = subprocess.run(
+            [sys.executable, "-m", "steps.model_publish", "--run-id", run, "--store", store,
+             "--outputs", str(outputs)],
+            cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=300,
+        )  # fmt: skip
+        return result, outputs
+
+    older, outputs = publish(ids["run-a"])  # run-b completed later: still run-a's model
+    assert older.returncode == 0, older.stderr[-3000:]
+    assert outputs.read_text().splitlines() == ["model_version=ver-a"]
+    failed, outputs = publish(ids["run-c"])
+    assert failed.returncode == 1
+    assert (
+        "run run-c" in failed.stderr
+        and "is failed: step evaluate failed: quality gate failed" in failed.stderr
+    )
+    assert not outputs.exists()
+    assert fetch(store, "ver-c", tmp_path / "models").returncode == 1

