@@ -34,6 +34,7 @@ import torch
 from zenml import pipeline, step
 
 from steps import deployment, torchserve_local
+from steps.materializers import ModelBundleMaterializer
 from steps.model_publish import publish_model
 from steps.packaging import DEFAULT_MODEL_NAME, mlflow_tracker_name, package_model
 
@@ -78,9 +79,13 @@ def trained_bundle(training_run: str = "") -> Any:
     return outputs[0] if isinstance(outputs, list) else outputs
 
 
-@step(enable_cache=False)
+@step(enable_cache=False, output_materializers={"model_bundle": ModelBundleMaterializer})
 def load_bundle_file(bundle_path: str) -> Annotated[dict, "model_bundle"]:
-    """A bundle file (``model.pt``) as the pipeline's model input."""
+    """A bundle file (``model.pt``) as the pipeline's model input.
+
+    Stored like training's bundle: ZenML's default for a dict would pickle every
+    tensor as an artifact of its own (minutes, and not loadable weights-only).
+    """
     return torch.load(bundle_path, map_location="cpu", weights_only=True)
 
 

@@ -99,6 +99,10 @@ def test_zenml_deployment_pipeline_promotes_next_version(run_dir, petimages_dir,
     assert record["version"] == "dep-2"
 
     run = Client().get_pipeline_run(run.id)
+    # The bundle file becomes one weights-only artifact, not a pickle per tensor.
+    bundle_artifact = run.steps["load_bundle_file"].outputs["model_bundle"][0]
+    assert bundle_artifact.materializer.import_path.endswith("ModelBundleMaterializer")
+    assert bundle_artifact.load()["metadata"]["version"] == "dep-2"
     mar_artifact = run.steps["package_model"].outputs["torchserve_mar"][0]
     assert mar_manifest(Path(mar_artifact.load()))["model"]["modelVersion"] == "dep-2"
     tracking = mlflow.MlflowClient(Client().active_stack.experiment_tracker.get_tracking_uri())
