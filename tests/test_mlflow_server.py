@@ -17,7 +17,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ import yaml
 
 from steps.gcp_settings import load_gcp_settings
 from tests.gcs_fixtures import free_port
+from tests.service_wait import wait_until_answering
 
 pytestmark = pytest.mark.integration
 REPO_ROOT = Path(__file__).resolve().parents[1]
@@ -116,20 +116,6 @@ def _stop(process: subprocess.Popen) -> None:
         pass
 
 
-def _wait_healthy(port: int, process: subprocess.Popen, log: Path, timeout: float = 90) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"mlflow server exited with {process.returncode}:\n{log.read_text()[-2000:]}")
-        try:
-            if requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"mlflow server not healthy after {timeout}s:\n{log.read_text()[-2000:]}")
-
-
 @pytest.fixture(scope="module")
 def server_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     """A real MLflow server with the manifest's allowed hosts (the default app: the host
@@ -138,7 +124,13 @@ def server_port(tmp_path_factory: pytest.TempPathFactory) -> Iterator[int]:
     port = free_port()
     process = _start(port, workdir, allowed_hosts())
     try:
-        _wait_healthy(port, process, workdir / "server.log")
+        wait_until_answering(
+            process,
+            lambda: requests.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200,
+            "mlflow server",
+            timeout=90,
+            log=workdir / "server.log",
+        )
         yield port
     finally:
         _stop(process)

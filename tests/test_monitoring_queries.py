@@ -41,6 +41,7 @@ import requests
 import yaml
 
 from tests.gcs_fixtures import free_port, wait_for_port
+from tests.service_wait import wait_until_answering
 from tests.torchserve_fixtures import *  # noqa: F403
 
 # google-api-core warns about Python 3.11's end of life on import; nothing to act on here.
@@ -210,21 +211,6 @@ def send_a_5xx(ts_client: Any, petimages_dir: Path) -> None:
         ts_client.wait_for_workers("catsdogs", version)
 
 
-def _wait_until_ready(base: str, process: subprocess.Popen, timeout: float = 60) -> None:
-    """Prometheus listens before it has loaded its storage, and answers 503 until then."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if process.poll() is not None:
-            pytest.fail(f"prometheus exited with {process.returncode}")
-        try:
-            if requests.get(f"{base}/-/ready", timeout=2).status_code == 200:
-                return
-        except requests.ConnectionError:
-            pass
-        time.sleep(0.3)
-    pytest.fail(f"Prometheus not ready after {timeout}s")
-
-
 def _wait_for(base: str, promql: str, what: str, timeout: float = 30) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -269,7 +255,10 @@ def prometheus(
     try:
         wait_for_port(port, process)
         base = f"http://127.0.0.1:{port}"
-        _wait_until_ready(base, process)
+        # Prometheus listens before it has loaded its storage, and answers 503 until then.
+        wait_until_answering(
+            process, lambda: requests.get(f"{base}/-/ready", timeout=2).status_code == 200, "prometheus", 60
+        )
         # Traffic only once the target has been scraped, so the live counters grow
         # between two scrapes and 5-minute rates have data.
         _wait_for(base, f'up{{job="{SCRAPE_JOB}"}} == 1', "target never scraped")

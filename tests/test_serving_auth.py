@@ -42,6 +42,7 @@ from handlers.api_key import (
     read_api_keys,
 )
 from steps.torchserve_local import free_port
+from tests.service_wait import wait_until_answering
 from tests.torchserve_fixtures import *  # noqa: F403  (tiny_mar, cat_photo, dog_photo)
 from tests.torchserve_fixtures import KNOWN_CAT, KNOWN_DOG
 
@@ -202,23 +203,6 @@ class PodServer:
     log: Path
 
 
-def _wait_until_serving(server: PodServer, photo: bytes) -> None:
-    deadline = time.monotonic() + 180
-    while time.monotonic() < deadline:
-        if server.process.poll() is not None:
-            pytest.fail(
-                f"the entrypoint exited ({server.process.returncode}):\n{server.log.read_text()[-3000:]}"
-            )
-        try:
-            response = _predict(server, photo, {"Authorization": f"Bearer {KEY}"})
-            if response.status_code == 200:
-                return
-        except requests.RequestException:
-            pass
-        time.sleep(0.5)
-    pytest.fail(f"TorchServe did not serve within 180 s:\n{server.log.read_text()[-3000:]}")
-
-
 @pytest.fixture(scope="module")
 def pod_server(
     tiny_mar: Path, cat_photo: bytes, tmp_path_factory: pytest.TempPathFactory
@@ -256,7 +240,13 @@ def pod_server(
         log=log,
     )
     try:
-        _wait_until_serving(server, cat_photo)
+        wait_until_answering(
+            server.process,
+            lambda: _predict(server, cat_photo, {"Authorization": f"Bearer {KEY}"}).status_code == 200,
+            "the entrypoint",
+            timeout=180,
+            log=server.log,
+        )
         yield server
     finally:
         _kill_tree(process)
