@@ -64,8 +64,9 @@ bench-train: stack
 bench-serve: install
 	$(BIN)/python benchmarks/bench_serve.py
 
-mlflow-ui: install
-	$(BIN)/mlflow ui --backend-store-uri "$$($(BIN)/python -c 'from zenml.client import Client; print(Client().active_stack.experiment_tracker.get_tracking_uri())')" --port 5000
+mlflow-ui: stack
+	uri="$$($(BIN)/python scripts/setup_local_stack.py --tracking-uri)" && \
+	  $(BIN)/mlflow ui --backend-store-uri "$$uri" --port 5000
 
 dashboard: install
 	$(BIN)/zenml login --local

@@ -2,6 +2,8 @@
 
 local = local orchestrator + local artifact store + MLflow experiment tracker
 whose tracking store (SQLite) lives inside the local artifact store.
+``--tracking-uri`` prints only that store's URI (for ``make mlflow-ui``): run from a
+file, not ``python -c``, since ZenML needs a main module with a file to find its root.
 """
 
 from __future__ import annotations
@@ -30,9 +32,19 @@ def ensure_component(client: Client, kind: StackComponentType, name: str, flavor
     logger.info("registered %s '%s' (%s)", kind.value, name, flavor)
 
 
-def main() -> int:
+def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     client = Client()
+    if "--tracking-uri" in (sys.argv[1:] if argv is None else argv):
+        tracker = client.active_stack.experiment_tracker
+        if tracker is None:
+            print(
+                f"error: the active stack has no experiment tracker; run `make stack` ({STACK})",
+                file=sys.stderr,
+            )
+            return 2
+        print(tracker.get_tracking_uri())
+        return 0
     ensure_component(client, StackComponentType.ORCHESTRATOR, "default", "local")
     ensure_component(client, StackComponentType.ARTIFACT_STORE, "default", "local")
     ensure_component(client, StackComponentType.EXPERIMENT_TRACKER, TRACKER, "mlflow")

@@ -187,7 +187,11 @@ def assert_smoke_test(client: TorchServeClient, **kwargs: object) -> SmokeReport
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description="Smoke test a TorchServe deployment")
-    parser.add_argument("--url", default="http://127.0.0.1:8080", help="inference API base URL")
+    parser.add_argument(
+        "--url",
+        default=f"http://127.0.0.1:{os.environ.get('CATSDOGS_PORT', '8080')}",
+        help="inference API base URL (default: the local server, port $CATSDOGS_PORT or 8080)",
+    )
     parser.add_argument("--token", default=os.environ.get("TS_INFERENCE_TOKEN"),
                         help="inference key (default $TS_INFERENCE_TOKEN)")  # fmt: skip
     parser.add_argument("--management-url", help="management API (checks model status)")

@@ -63,6 +63,28 @@ def free_port() -> int:
         return sock.getsockname()[1]
 
 
+def check_ports_free(settings: ServerSettings) -> None:
+    """Refuse to start on a taken port: TorchServe would exit 0 with the reason only in its log."""
+    ports = (
+        settings.inference_port,
+        settings.management_port,
+        settings.metrics_port,
+        settings.grpc_inference_port,
+        settings.grpc_management_port,
+    )
+    for port in ports:
+        with socket.socket() as sock:
+            # Like the JVM's listener: a just-stopped server's TIME_WAIT sockets do not count.
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                raise TorchServeError(
+                    f"port {port} is already in use (another TorchServe or program); stop it, "
+                    f"or use five other ports: CATSDOGS_PORT=9080 make serve (likewise make run / deploy)"
+                ) from None
+
+
 def check_java() -> str:
     """Path of a Java >= 17, or TorchServeError with the one-line fix."""
     java_home = os.environ.get("JAVA_HOME")
@@ -264,6 +286,7 @@ def start(
         logger.info("reusing TorchServe (pid %s) at %s", running.pid, running.inference_url)
         return running
     check_java()
+    check_ports_free(settings)
     root = settings.root
     for sub in ("model-store", "logs", "tmp"):
         (root / sub).mkdir(parents=True, exist_ok=True)

@@ -69,3 +69,19 @@ def test_versions_become_safe_file_and_url_names():
     assert safe_version("2026-12-03 run/7") == "2026-12-03-run-7"
     assert mar_file_name("catsdogs", "v1.2") == "catsdogs_v1.2.mar"
     assert safe_version("///") == "0"
+
+
+def test_a_taken_port_is_named_with_the_fix_before_java_starts(tmp_path, monkeypatch):
+    """TorchServe itself would exit 0 and hide the bind error in its log."""
+    import socket
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        taken = listener.getsockname()[1]
+        settings = torchserve_local.ServerSettings.local(tmp_path / "torchserve", port=taken)
+        with pytest.raises(torchserve_local.TorchServeError) as info:
+            torchserve_local.start(settings)
+    message = str(info.value)
+    assert f"port {taken} is already in use" in message and "CATSDOGS_PORT=" in message
+    assert not (tmp_path / "torchserve" / "server.json").exists()  # nothing recorded as running

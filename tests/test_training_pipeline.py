@@ -119,3 +119,15 @@ def test_quick_model_answers_the_smoke_test_photos(quick_runs) -> None:
         with torch.no_grad():
             predicted = meta.class_names[int(model(x.unsqueeze(0)).argmax())]
         assert predicted == label
+
+
+def test_mlflow_ui_gets_the_stacks_tracking_uri(local_stack: str) -> None:
+    """`make mlflow-ui` reads the URI this way; `python -c` lost it (ZenML needs a main file)."""
+    import subprocess
+    import sys
+
+    out = subprocess.run(
+        [sys.executable, "scripts/setup_local_stack.py", "--tracking-uri"],
+        capture_output=True, text=True, timeout=120, check=True,
+    )  # fmt: skip
+    assert out.stdout.strip() == local_stack
