@@ -37,6 +37,7 @@ from steps import deployment, torchserve_local
 from steps.materializers import ModelBundleMaterializer
 from steps.model_publish import publish_model
 from steps.packaging import DEFAULT_MODEL_NAME, mlflow_tracker_name, package_model
+from steps.zenml_ci import latest_failure_reason
 
 logger = logging.getLogger(__name__)
 
@@ -129,25 +130,6 @@ def deployment_pipeline(
         publish_model(mar, checked, store_uri=publish_to)
 
 
-def failure_reason() -> str | None:
-    """Why the newest deployment run failed, from its failed steps' exceptions.
-
-    ZenML's own error only names the failed step; the reason (which smoke check
-    failed, which version keeps serving) is in the step's exception info.
-    """
-    from zenml.client import Client
-
-    runs = Client().list_pipeline_runs(pipeline_name="deployment_pipeline", sort_by="desc:created", size=1)
-    if not runs.items:
-        return None
-    reasons = []
-    for name, step_run in runs.items[0].steps.items():
-        info = step_run.exception_info
-        if info is not None:
-            reasons.append(f"{name}: {info.message or info.traceback.strip().splitlines()[-1]}")
-    return "; ".join(reasons) or None
-
-
 def print_curl(curl: str) -> None:
     """The last line of ``make run`` / ``make deploy``: the curl alone on stdout.
 
@@ -191,7 +173,7 @@ def main(argv: list[str] | None = None) -> int:
                 raise deployment.DeploymentError("the pipeline finished but no local TorchServe answers")
             curl = deployment.curl_command(settings, args.model_name)
     except Exception as exc:  # the step's DeploymentError, or ZenML's wrapper around it
-        reason = None if args.no_zenml else failure_reason()
+        reason = None if args.no_zenml else latest_failure_reason("deployment_pipeline")
         logger.error("deployment failed: %s", reason or exc)
         return 1
     logger.info("serving %s; try it:", args.model_name)

@@ -25,6 +25,7 @@ from steps.evaluate import evaluate
 from steps.ingest import ingest
 from steps.split import split
 from steps.training import extract_features, train, uses_cached_trunk
+from steps.zenml_ci import latest_failure_reason
 
 logger = logging.getLogger(__name__)
 DEFAULT_CONFIG = RunConfig()
@@ -92,8 +93,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     try:
         run = run_training(config, options)
-    except Exception as exc:  # the step's own message is the useful part
-        print(f"error: training failed: {exc}", file=sys.stderr)
+    except Exception as exc:  # the failed step's own message is the useful part
+        reason = latest_failure_reason("training_pipeline")
+        print(f"error: training failed: {reason or exc}", file=sys.stderr)
         return 1
     print(f"training run {getattr(run, 'name', run)} finished")
     return 0

@@ -143,17 +143,40 @@ def sync_stack(stack_file: Path) -> list[str]:
 # --- the run -----------------------------------------------------------------------------
 
 
+def step_reason(step_run: Any) -> str:
+    """The exception message a failed step recorded, on one line ('' when none was)."""
+    info = step_run.exception_info
+    if info is None:
+        return ""
+    return _one_line(info.message or (info.traceback.strip().splitlines() or [""])[-1])
+
+
+def latest_failure_reason(pipeline_name: str) -> str | None:
+    """Why the newest run of a pipeline failed: ``step: message`` for each failed step.
+
+    ZenML's own error only names the failed step; the useful part (which photos,
+    which check, which version keeps serving) is in the step's exception info.
+    """
+    from zenml.client import Client
+
+    runs = Client().list_pipeline_runs(pipeline_name=pipeline_name, sort_by="desc:created", size=1)
+    if not runs.items:
+        return None
+    reasons = [
+        f"{name}: {step_reason(step_run)}"
+        for name, step_run in runs.items[0].steps.items()
+        if step_run.exception_info is not None
+    ]
+    return "; ".join(reasons) or None
+
+
 def failure_summary(run: Any) -> str:
     """Each failed step with its exception's message; or which steps never finished."""
     failed, unfinished = [], []
     for name, step_run in run.steps.items():
         status = str(step_run.status.value)
         if status == "failed":
-            info = step_run.exception_info
-            reason = ""
-            if info is not None:
-                reason = info.message or (info.traceback.strip().splitlines() or [""])[-1]
-            failed.append(f"step {name} failed: {_one_line(reason) or 'no exception recorded'}")
+            failed.append(f"step {name} failed: {step_reason(step_run) or 'no exception recorded'}")
         elif status not in {"completed", "cached", "skipped"}:
             unfinished.append(f"step {name} is {status}")
     if failed:

@@ -131,3 +131,21 @@ def test_mlflow_ui_gets_the_stacks_tracking_uri(local_stack: str) -> None:
         capture_output=True, text=True, timeout=120, check=True,
     )  # fmt: skip
     assert out.stdout.strip() == local_stack
+
+
+def test_a_failed_step_is_named_with_its_reason_on_the_last_line(
+    local_stack, petimages_dir, tmp_path, capsys
+):
+    """ZenML's own error names only the step; the CLI adds what the step said."""
+    import yaml
+
+    from pipelines.training import main
+
+    run_file = yaml.safe_load(Path("configs/quick.yaml").read_text())
+    run_file["parameters"]["config"]["data"]["limit_per_class"] = 1  # too few photos to split
+    config = tmp_path / "one_photo.yaml"
+    config.write_text(yaml.safe_dump(run_file))
+    assert main(["--config", str(config), "--data", str(petimages_dir)]) == 1
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert last.startswith("error: training failed: ")
+    assert "failure in step(s)" not in last and ":" in last.removeprefix("error: training failed: ")
