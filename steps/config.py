@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from handlers.model_spec import DEFAULT_IMAGE_SIZE
 
@@ -46,6 +46,16 @@ class ModelConfig(_Strict):
     # Pretrained backbones: how many of the last blocks are fine-tuned (the rest
     # is frozen, run once and cached). Ignored when training from scratch.
     trainable_blocks: int = Field(default=1, ge=0, le=16)
+
+    @field_validator("architecture")
+    @classmethod
+    def _check_architecture(cls, value: str) -> str:
+        """A typo must fail here, before ingest/split/eda run, not in the train step."""
+        from handlers.models import architecture_names, unknown_architecture_message  # imports torch
+
+        if value not in architecture_names():
+            raise ValueError(unknown_architecture_message(value))
+        return value
 
 
 class TrainingConfig(_Strict):

@@ -15,6 +15,7 @@ import logging
 import os
 import re
 import shutil
+import stat
 import threading
 import time
 import urllib.error
@@ -131,15 +132,39 @@ def _list_folder(root: Path) -> tuple[list[SourceFile], list[str]]:
     files: list[SourceFile] = []
     skipped: list[str] = []
     for label, paths in sorted(folders.items()):
-        entries = [p for folder in paths for p in folder.iterdir() if p.is_file()]
+        # Not only regular files: a symlink loop, a dangling link or a FIFO named *.jpg is listed too,
+        # so ingest quarantines it with a reason instead of it vanishing without trace.
+        entries = [p for folder in paths for p in folder.iterdir() if not p.is_dir()]
         for path in sorted(entries, key=lambda p: _natural_key(p.name)):
             if not is_candidate_image(path.name):
                 skipped.append(str(path))
                 continue
-            stat = path.stat()
-            files.append(SourceFile(str(path), label, stat.st_size, str(stat.st_mtime_ns)))
+            files.append(SourceFile(str(path), label, *_size_and_version(path)))
     _require_both_classes(files, str(root), [p.name for paths in folders.values() for p in paths])
     return files, skipped
+
+
+def _size_and_version(path: Path) -> tuple[int, str]:
+    """Size and mtime of a listed entry; (0, "unreadable") when even its target cannot be stat-ed."""
+    try:
+        info = path.stat()
+    except OSError:
+        return 0, "unreadable"
+    return info.st_size, str(info.st_mtime_ns)
+
+
+def local_read_problem(path: Path) -> str | None:
+    """Why a listed local entry cannot be read as a photo, or None when it is a regular file (or gone).
+
+    Checked before reading: a symlink loop raises an OSError nobody expects and a FIFO would block.
+    """
+    try:
+        mode = path.stat().st_mode
+    except FileNotFoundError:
+        return "broken symlink: its target does not exist" if path.is_symlink() else None
+    except OSError as exc:
+        return f"cannot open: {exc.strerror or type(exc).__name__}"
+    return None if stat.S_ISREG(mode) else "not a regular file (FIFO, socket or device)"
 
 
 def _gcs_filesystem() -> Any:
@@ -340,24 +365,31 @@ def _extracted_zip(url: str, expected_sha256: str | None) -> Path:
     actual = _sha256_file(archive)
     recorded = folder / "archive.sha256"
     if expected_sha256 and actual != expected_sha256.lower():
-        archive.unlink()
+        _forget_download(folder)
         raise DataSourceError(
             f"{url} downloaded with sha256 {actual}, expected {expected_sha256}; "
             "the file changed or the download is corrupt (deleted; run again)"
         )
     if recorded.exists() and recorded.read_text().strip() != actual:
         raise DataSourceError(f"cached {archive} no longer matches its recorded checksum; delete {folder}")
-    recorded.write_text(actual + "\n")
     logger.info("extracting %s (sha256 %s)", archive, actual)
     shutil.rmtree(extracted, ignore_errors=True)
     try:
         with zipfile.ZipFile(archive) as zf:
             zf.extractall(extracted)
     except zipfile.BadZipFile:
-        archive.unlink()
-        raise DataSourceError(f"{url} is not a valid zip file (deleted the download)") from None
+        _forget_download(folder)
+        raise DataSourceError(f"{url} is not a valid zip file (deleted the download; run again)") from None
+    recorded.write_text(actual + "\n")  # only a good archive is recorded: a bad one never blocks a retry
     done.touch()
     return extracted
+
+
+def _forget_download(folder: Path) -> None:
+    """Drop the archive, its recorded checksum and any partial extract, so the next run starts clean."""
+    for name in ("archive.zip", "archive.sha256"):
+        (folder / name).unlink(missing_ok=True)
+    shutil.rmtree(folder / "extracted", ignore_errors=True)
 
 
 def check_reachable(source: str) -> None:

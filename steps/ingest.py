@@ -31,6 +31,7 @@ from steps.data_sources import (
     SourceFile,
     cache_root,
     list_source,
+    local_read_problem,
     prefetch,
     read_bytes,
     select_per_class,
@@ -62,16 +63,21 @@ class IngestResult:
 
 def inspect_file(f: SourceFile) -> dict[str, Any]:
     """Hash and decode one file; a dict for the manifest or for the quarantine."""
+    problem = None if f.uri.startswith("gs://") else local_read_problem(Path(f.uri))
+    if problem:
+        return _quarantined(f, "unreadable", problem)
     try:
         data = read_bytes(f.uri, f.version)
     except FileNotFoundError:
-        return {"uri": f.uri, "label": f.label, "reason": "missing", "message": "vanished after listing"}
+        return _quarantined(f, "missing", "vanished after listing")
     except PermissionError as exc:
-        return {"uri": f.uri, "label": f.label, "reason": "permission_denied", "message": str(exc)}
+        return _quarantined(f, "permission_denied", str(exc))
+    except OSError as exc:  # EIO, or a loop made after listing: one bad file never stops the run
+        return _quarantined(f, "unreadable", f"{type(exc).__name__}: {exc}")
     try:
         decoded = decode_image(data)
     except ImageDecodeError as exc:
-        return {"uri": f.uri, "label": f.label, "reason": exc.code, "message": exc.message}
+        return _quarantined(f, exc.code, exc.message)
     return {
         "sha256": hashlib.sha256(data).hexdigest(),
         "label": f.label,
@@ -84,6 +90,10 @@ def inspect_file(f: SourceFile) -> dict[str, Any]:
         "mode": decoded.source_mode,
         "decoder_warnings": decoded.decoder_warnings,
     }
+
+
+def _quarantined(f: SourceFile, reason: str, message: str) -> dict[str, Any]:
+    return {"uri": f.uri, "label": f.label, "reason": reason, "message": message}
 
 
 def dataset_version(manifest: pd.DataFrame) -> str:
@@ -190,10 +200,19 @@ def copy_to_quarantine(quarantine: pd.DataFrame, dataset_key: str) -> Path:
     for row in quarantine.itertuples():
         src = Path(row.uri)
         if not row.uri.startswith("gs://") and src.is_file():
-            dest = folder / row.reason / f"{row.label}-{src.name}"
+            dest = folder / row.reason / quarantine_name(row.label, row.uri)
             dest.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, dest)
     return folder
+
+
+def quarantine_name(label: str, uri: str) -> str:
+    """``<label>-<8 hex of sha256(uri)>-<name>``: Cat/bad.jpg and cats/bad.jpg never overwrite each other.
+
+    Keyed by the source path, not the bytes, so two identical bad files at two paths are both kept,
+    and the name is the same on every run.
+    """
+    return f"{label}-{hashlib.sha256(uri.encode()).hexdigest()[:8]}-{Path(uri).name}"
 
 
 # ---------------------------------------------------------------- ZenML step

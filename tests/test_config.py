@@ -219,3 +219,20 @@ def test_parameters_that_is_not_a_mapping_is_a_config_error(tmp_path: Path) -> N
     path = write_yaml(tmp_path, "parameters:\n  - config\n")
     with pytest.raises(ConfigError):
         load_run_file(path)
+
+
+def test_unknown_architecture_fails_in_the_config_naming_the_choices() -> None:
+    message = config_error({"model": {"architecture": "resnet999", "pretrained_weights": None}})
+    assert "\n" not in message
+    assert "'model.architecture'" in message and "'resnet999'" in message
+    assert "efficientnet_lite0, simple_cnn" in message and "resnet18" in message
+    assert "'package' only exists" not in message  # one problem, not a follow-on one
+
+
+def test_config_accepts_exactly_the_names_build_model_knows() -> None:
+    from handlers.models import architecture_names
+
+    names = architecture_names()
+    assert names[:2] == ["efficientnet_lite0", "simple_cnn"] and "resnet18" in names
+    for name in ("simple_cnn", "resnet18", "mobilenet_v3_small"):
+        assert parse_run_config({"model": {"architecture": name, "pretrained_weights": None}})

@@ -333,6 +333,71 @@ def http_server():
     server.shutdown()
 
 
+@pytest.fixture()
+def zip_server():
+    """A real HTTP server whose GET /photos.zip answers ``served["body"]``; a test swaps the bytes."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    served = {"body": b"<html>Service unavailable, try later</html>"}
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            body = served["body"]
+            self.send_response(200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/photos.zip", served
+    server.shutdown()
+
+
+def zip_of_photos() -> bytes:
+    """A valid zip in the Microsoft layout: PetImages/Cat/*.png and PetImages/Dog/*.png."""
+    import io
+    import zipfile
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as zf:
+        for i, folder in enumerate(("Cat", "Dog")):
+            zf.writestr(f"PetImages/{folder}/0.png", png_bytes(seed=i))
+    return buffer.getvalue()
+
+
+def test_a_bad_download_leaves_nothing_that_blocks_the_retry(
+    zip_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CATSDOGS_CACHE_DIR", str(tmp_path))
+    url, served = zip_server
+    with pytest.raises(DataSourceError, match="not a valid zip"):
+        list_source(url)
+    served["body"] = zip_of_photos()  # the server recovers
+    files, _ = list_source(url)
+    assert labels_and_names(files) == [("cat", "0.png"), ("dog", "0.png")]
+    assert list_source(url)[0] == files  # and the extract is reused
+
+
+def test_a_pinned_checksum_mismatch_leaves_nothing_that_blocks_the_retry(
+    zip_server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import hashlib
+
+    monkeypatch.setenv("CATSDOGS_CACHE_DIR", str(tmp_path))
+    url, served = zip_server
+    good = zip_of_photos()
+    with pytest.raises(DataSourceError, match="expected"):
+        list_source(url, hashlib.sha256(good).hexdigest())
+    served["body"] = good
+    files, _ = list_source(url, hashlib.sha256(good).hexdigest())
+    assert {f.label for f in files} == {"cat", "dog"}
+
+
 def test_check_reachable_accepts_a_url_that_answers(http_server: str) -> None:
     check_reachable(f"{http_server}/photos.zip")
 
@@ -425,3 +490,13 @@ def test_prefetch_of_local_files_downloads_nothing_and_reports_nothing(tmp_path:
     make_dataset(tmp_path, per_class=1)
     files, _ = list_source(str(tmp_path))
     assert prefetch((f.uri, f.version) for f in files) == {}
+
+
+def test_a_symlink_loop_is_listed_so_ingest_can_report_it(tmp_path: Path) -> None:
+    make_dataset(tmp_path, per_class=1)
+    (tmp_path / "Dog" / "loop_a.jpg").symlink_to("loop_b.jpg")
+    (tmp_path / "Dog" / "loop_b.jpg").symlink_to("loop_a.jpg")
+    files, skipped = list_source(str(tmp_path))
+    loops = [f for f in files if f.uri.endswith(("loop_a.jpg", "loop_b.jpg"))]
+    assert [(f.label, f.size, f.version) for f in loops] == [("dog", 0, "unreadable")] * 2
+    assert skipped == []

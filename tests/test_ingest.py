@@ -18,6 +18,7 @@ from steps.ingest import (
     dataset_version,
     ingest_source,
     inspect_file,
+    quarantine_name,
 )
 from tests.image_factory import (
     encode,
@@ -324,7 +325,59 @@ def test_copy_to_quarantine_copies_bad_files_aside(tmp_path: Path, monkeypatch: 
     write(tmp_path / "data" / "Cat" / "broken.jpg", b"broken")
     result = ingest(tmp_path / "data")
     folder = copy_to_quarantine(result.quarantine, "key123")
-    copied = folder / "not_an_image" / "cat-broken.jpg"
+    (copied,) = (folder / "not_an_image").iterdir()
+    assert copied.name.startswith("cat-") and copied.name.endswith("-broken.jpg")
     assert copied.read_bytes() == b"broken"
     assert (tmp_path / "data" / "Cat" / "broken.jpg").exists()  # the source is untouched
     assert folder.is_relative_to(tmp_path / "cache")
+
+
+def test_same_named_bad_files_in_two_cat_folders_are_both_kept_aside(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CATSDOGS_CACHE_DIR", str(tmp_path / "cache"))
+    make_dataset(tmp_path / "data", per_class=1)
+    for folder, seed in (("Cat", 1), ("cats", 2)):
+        good = jpeg_bytes(seed=seed, size=(64, 64))
+        write(tmp_path / "data" / folder / "bad.jpg", good[: len(good) // 2])  # truncated
+    result = ingest(tmp_path / "data")
+    assert len(result.quarantine) == 2
+    folder = copy_to_quarantine(result.quarantine, "key123")
+    copies = sorted(p for p in folder.rglob("*") if p.is_file())
+    assert len(copies) == 2 and all(p.name.startswith("cat-") and p.name.endswith("-bad.jpg") for p in copies)
+    sources = {(tmp_path / "data" / f / "bad.jpg").read_bytes() for f in ("Cat", "cats")}
+    assert {p.read_bytes() for p in copies} == sources  # no evidence overwritten
+
+
+def test_quarantine_name_is_stable_and_unique_per_source_path() -> None:
+    assert quarantine_name("cat", "/d/Cat/bad.jpg") == quarantine_name("cat", "/d/Cat/bad.jpg")
+    assert quarantine_name("cat", "/d/Cat/bad.jpg") != quarantine_name("cat", "/d/cats/bad.jpg")
+
+
+def test_symlink_loop_and_dangling_link_are_quarantined_as_unreadable(tmp_path: Path) -> None:
+    make_dataset(tmp_path, per_class=2)
+    dog = tmp_path / "Dog"
+    (dog / "loop_a.jpg").symlink_to("loop_b.jpg")
+    (dog / "loop_b.jpg").symlink_to("loop_a.jpg")
+    (dog / "dangling.jpg").symlink_to("nowhere.jpg")
+    result = ingest(tmp_path)
+    quarantine = by_name(result.quarantine)
+    assert {name: row["reason"] for name, row in quarantine.items()} == {
+        "loop_a.jpg": "unreadable",
+        "loop_b.jpg": "unreadable",
+        "dangling.jpg": "unreadable",
+    }
+    assert "symbolic links" in quarantine["loop_a.jpg"]["message"]
+    assert "broken symlink" in quarantine["dangling.jpg"]["message"]
+    assert result.report["quarantine_reasons"] == {"unreadable": 3}
+    assert result.report["files_listed"] == 7 and result.report["images_kept"] == 4
+
+
+def test_a_fifo_named_like_a_photo_is_quarantined_not_read(tmp_path: Path) -> None:
+    import os
+
+    make_dataset(tmp_path, per_class=1)
+    os.mkfifo(tmp_path / "Cat" / "pipe.jpg")  # reading it would block forever
+    result = ingest(tmp_path)
+    row = by_name(result.quarantine)["pipe.jpg"]
+    assert (row["reason"], row["message"]) == ("unreadable", "not a regular file (FIFO, socket or device)")
