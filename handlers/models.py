@@ -10,7 +10,9 @@ torch, torchvision and this package.
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+import pickle
+import zipfile
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -179,6 +181,32 @@ class SimpleCNN(nn.Module):
 # ---------------------------------------------------------------- construction
 
 
+BUILTIN_ARCHITECTURES = ("efficientnet_lite0", "simple_cnn")
+
+
+def architecture_names() -> list[str]:
+    """Every name ``build_model`` accepts: ours, then torchvision's classification models.
+
+    The one list the config validates against, so a typo fails before ingest runs, not in train.
+    """
+    import torchvision
+
+    return [*BUILTIN_ARCHITECTURES, *torchvision.models.list_models(module=torchvision.models)]
+
+
+def unknown_architecture_message(architecture: str) -> str:
+    """One line: the bad name, our models, the closest torchvision names and where to see them all."""
+    import difflib
+
+    names = architecture_names()
+    close = difflib.get_close_matches(architecture, names, n=3) or ["resnet18", "mobilenet_v3_small"]
+    return (
+        f"unknown architecture {architecture!r}: use {', '.join(BUILTIN_ARCHITECTURES)} or one of the "
+        f"{len(names) - len(BUILTIN_ARCHITECTURES)} torchvision classification models such as "
+        f"{', '.join(close)} (all: torchvision.models.list_models(torchvision.models))"
+    )
+
+
 def build_model(architecture: str, num_classes: int) -> nn.Module:
     """Build an untrained model; weights come from a bundle or ``load_pretrained``."""
     if architecture == "efficientnet_lite0":
@@ -194,10 +222,7 @@ def _build_torchvision(architecture: str, num_classes: int) -> nn.Module:
     try:
         model = torchvision.models.get_model(architecture, weights=None)
     except ValueError as exc:
-        raise ValueError(
-            f"unknown architecture {architecture!r}: use efficientnet_lite0, simple_cnn "
-            "or a torchvision model name such as resnet18 or mobilenet_v3_small"
-        ) from exc
+        raise ValueError(unknown_architecture_message(architecture)) from exc
     replace_last_linear(model, num_classes)
     return model
 
@@ -227,18 +252,95 @@ def save_bundle(model: nn.Module, metadata: ModelMetadata, path: str | Path) -> 
     torch.save(make_bundle(model, metadata), str(path))
 
 
-def model_from_bundle(bundle: dict[str, Any]) -> tuple[nn.Module, ModelMetadata]:
-    """Rebuild an eval-mode model from a bundle dict."""
+class BundleError(ValueError):
+    """A file or dict that is not a usable model bundle; the message is one line with the fix."""
+
+
+BUNDLE_FIX = "pass the model.pt the training pipeline wrote"
+
+
+def _one_line(text: str, limit: int = 300) -> str:
+    """Loader errors span lines (tab-indented key lists); a CLI error must stay one line."""
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 3] + "..."
+
+
+def _refuse(source: str, reason: str) -> BundleError:
+    return BundleError(f"{source} is not a model bundle ({_one_line(reason)}); {BUNDLE_FIX}")
+
+
+def bundle_metadata(bundle: Any, source: str = "the bundle") -> ModelMetadata:
+    """The bundle's metadata, after checking its format and keys: refused with the reason, not a TypeError."""
+    if not isinstance(bundle, dict):
+        raise _refuse(source, f"a {type(bundle).__name__}, not a dict")
     if bundle.get("format") != BUNDLE_FORMAT:
-        raise ValueError(f"not a model bundle (format {bundle.get('format')!r}, expected {BUNDLE_FORMAT!r})")
-    metadata = ModelMetadata.from_dict(bundle["metadata"])
-    model = build_model(metadata.architecture, len(metadata.class_names))
-    model.load_state_dict(bundle["state_dict"])
+        raise _refuse(source, f"format {bundle.get('format')!r}, expected {BUNDLE_FORMAT!r}")
+    metadata, state = bundle.get("metadata"), bundle.get("state_dict")
+    if not isinstance(metadata, dict) or not isinstance(state, dict):
+        raise _refuse(source, "metadata or state_dict missing")
+    unknown = sorted(set(metadata) - {f.name for f in fields(ModelMetadata)})
+    if unknown:
+        raise _refuse(source, f"unknown metadata keys {', '.join(map(str, unknown))}")
+    try:
+        return ModelMetadata.from_dict(metadata)
+    except (TypeError, ValueError) as exc:
+        raise _refuse(source, f"bad metadata: {exc}") from None
+
+
+def _classifier_outputs(model: nn.Module, state: dict[str, Any]) -> int | None:
+    """Output size of the bundle's last linear layer, i.e. how many classes the weights know."""
+    names = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
+    weight = state.get(f"{names[-1]}.weight") if names else None
+    return int(weight.shape[0]) if isinstance(weight, torch.Tensor) and weight.dim() == 2 else None
+
+
+def model_from_bundle(bundle: dict[str, Any], source: str = "the bundle") -> tuple[nn.Module, ModelMetadata]:
+    """Rebuild an eval-mode model from a bundle dict.
+
+    Checked here, before serving: class names that do not match the classifier's
+    outputs would otherwise only fail inside a TorchServe worker, in its log.
+    """
+    metadata = bundle_metadata(bundle, source)
+    try:
+        model = build_model(metadata.architecture, len(metadata.class_names))
+    except ValueError as exc:
+        raise _refuse(source, str(exc)) from None
+    outputs = _classifier_outputs(model, bundle["state_dict"])
+    if outputs is not None and outputs != len(metadata.class_names):
+        raise BundleError(
+            f"{source} does not match its weights: class_names {metadata.class_names} has "
+            f"{len(metadata.class_names)} names but the classifier has {outputs} outputs; {BUNDLE_FIX}"
+        )
+    if len(metadata.class_names) < 2:
+        raise _refuse(source, f"class_names {metadata.class_names} has fewer than 2 classes")
+    try:
+        model.load_state_dict(bundle["state_dict"])
+    except (RuntimeError, TypeError, AttributeError) as exc:
+        raise _refuse(source, f"weights do not fit {metadata.architecture}: {exc}") from None
     model.eval()
     return model, metadata
 
 
+def read_bundle_file(path: str | Path) -> dict[str, Any]:
+    """The one place a bundle file is read: weights only, never unpickling arbitrary objects.
+
+    Every failure becomes one BundleError line: torch's own messages range from a
+    UnicodeDecodeError to advice to load with ``weights_only=False`` (unsafe).
+    """
+    if not Path(path).is_file():
+        raise BundleError(f"{path} does not exist or is not a file; {BUNDLE_FIX}")
+    if not zipfile.is_zipfile(path):  # every torch.save since torch 1.6 writes a zip archive
+        raise _refuse(str(path), "not a file torch.save wrote")
+    try:
+        bundle = torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise _refuse(str(path), "it holds objects other than tensors and plain data") from None
+    except Exception as exc:  # any reader error means "not a torch.save file"
+        raise _refuse(str(path), f"not a file torch.save wrote: {type(exc).__name__}") from None
+    bundle_metadata(bundle, str(path))
+    return bundle
+
+
 def load_bundle(path: str | Path) -> tuple[nn.Module, ModelMetadata]:
     """Load a bundle file without unpickling arbitrary objects."""
-    bundle = torch.load(str(path), map_location="cpu", weights_only=True)
-    return model_from_bundle(bundle)
+    return model_from_bundle(read_bundle_file(path), str(path))

@@ -30,9 +30,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any
 
-import torch
 from zenml import pipeline, step
 
+from handlers.models import BundleError, load_bundle, read_bundle_file
 from steps import deployment, torchserve_local
 from steps.materializers import ModelBundleMaterializer
 from steps.model_publish import publish_model
@@ -87,7 +87,7 @@ def load_bundle_file(bundle_path: str) -> Annotated[dict, "model_bundle"]:
     Stored like training's bundle: ZenML's default for a dict would pickle every
     tensor as an artifact of its own (minutes, and not loadable weights-only).
     """
-    return torch.load(bundle_path, map_location="cpu", weights_only=True)
+    return read_bundle_file(bundle_path)
 
 
 @step(enable_cache=False)
@@ -140,6 +140,16 @@ def print_curl(curl: str) -> None:
     sys.stdout.flush()
 
 
+def bundle_is_usable(path: str) -> bool:
+    """Check a --bundle file before any pipeline runs: a wrong file fails in one line, not a traceback."""
+    try:
+        load_bundle(path)
+    except BundleError as exc:
+        logger.error("deployment failed: %s", exc)
+        return False
+    return True
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     parser = argparse.ArgumentParser(description="Deploy a trained model to local TorchServe")
@@ -155,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.publish and args.no_zenml:
         parser.error("--publish runs as a step of the ZenML pipeline; drop --no-zenml")
+    if args.bundle and not bundle_is_usable(args.bundle):
+        return 2
     try:
         if args.no_zenml:
             if not args.bundle:

@@ -79,17 +79,49 @@ def register_candidate(mar_path: str | Path, run_dir: str | Path | None = None) 
         client.wait_for_workers(model_name, version)
     except Exception:
         # Workers that cannot load leave the version registered beside the default.
-        if version in client.versions(model_name) and version != previous:
-            client.unregister(model_name, version)
+        if version != previous:
+            _discard(
+                settings, client, Candidate(model_name, version, target.name, previous, settings.run_dir)
+            )
         raise
     return Candidate(model_name, version, target.name, previous, settings.run_dir)
+
+
+def _discard(
+    settings: torchserve_local.ServerSettings, client: TorchServeClient, candidate: Candidate
+) -> None:
+    """Unregister a rejected candidate and delete its archive from the model store.
+
+    Left there under its final name, a rejected .mar looks like a deployable
+    version next to the promoted one. The serving and previous default's archives
+    are never touched.
+    """
+    if candidate.version in client.versions(candidate.model_name):
+        client.unregister(candidate.model_name, candidate.version)
+    if candidate.mar_name not in _protected_archives(settings, candidate):
+        (settings.model_store / candidate.mar_name).unlink(missing_ok=True)
+        logger.info("removed rejected archive %s from the model store", candidate.mar_name)
+
+
+def _protected_archives(settings: torchserve_local.ServerSettings, candidate: Candidate) -> set[str]:
+    """Archives a rollback never deletes: the serving default's and the one a restart loads."""
+    keep = set()
+    if candidate.previous_version:
+        keep.add(mar_file_name(candidate.model_name, candidate.previous_version))
+    try:
+        recorded = torchserve_local.read_default_model(settings)
+    except torchserve_local.TorchServeError:
+        return {candidate.mar_name}  # cannot tell what a restart loads: delete nothing
+    if recorded:
+        keep.add(recorded["mar"])
+    return keep
 
 
 def smoke_test_candidate(
     candidate: Candidate, cat_photo: Path | None = None, dog_photo: Path | None = None
 ) -> None:
     """Smoke test the candidate's own URL; on failure unregister it and raise."""
-    _settings, client = _server(candidate.run_dir)
+    settings, client = _server(candidate.run_dir)
     try:
         assert_smoke_test(
             client,
@@ -101,7 +133,7 @@ def smoke_test_candidate(
     except Exception as exc:
         if candidate.version != candidate.previous_version:
             try:
-                client.unregister(candidate.model_name, candidate.version)
+                _discard(settings, client, candidate)
             except Exception:
                 logger.warning("could not unregister %s", candidate.version, exc_info=True)
         serving = candidate.previous_version or "no version"

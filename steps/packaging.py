@@ -26,7 +26,7 @@ from typing import Annotated, Any
 import torch
 from zenml import step
 
-from handlers.models import BUNDLE_FORMAT, ModelMetadata
+from handlers.models import BundleError, ModelMetadata, model_from_bundle, read_bundle_file
 
 logger = logging.getLogger(__name__)
 
@@ -66,15 +66,16 @@ def mar_file_name(model_name: str, version: str) -> str:
 
 
 def _load_bundle_dict(bundle: dict[str, Any] | str | Path) -> dict[str, Any]:
-    if isinstance(bundle, dict):
-        data = bundle
-    else:
-        data = torch.load(str(bundle), map_location="cpu", weights_only=True)
-    if not isinstance(data, dict) or data.get("format") != BUNDLE_FORMAT:
-        raise PackagingError(
-            f"not a model bundle (format {getattr(data, 'get', dict().get)('format')!r}, "
-            f"expected {BUNDLE_FORMAT!r}); pass the training pipeline's model_bundle"
-        )
+    """The bundle, checked before packaging: its weights must load into the model its metadata names.
+
+    A bundle TorchServe cannot load (wrong class count, missing weights) would
+    otherwise only fail at registration, with the cause in TorchServe's model_log.log.
+    """
+    try:
+        data = bundle if isinstance(bundle, dict) else read_bundle_file(bundle)
+        model_from_bundle(data, "the bundle" if isinstance(bundle, dict) else str(bundle))
+    except BundleError as exc:
+        raise PackagingError(str(exc)) from None
     return data
 
 

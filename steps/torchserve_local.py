@@ -94,6 +94,10 @@ def check_java() -> str:
         "`sudo apt-get install -y openjdk-17-jre-headless` (macOS: `brew install openjdk@17`) "
         "or set JAVA_HOME to a JDK 17+"
     )
+    if java_home and not Path(java).exists():
+        raise TorchServeError(
+            f"JAVA_HOME is {java_home} but {java} does not exist: point JAVA_HOME at a JDK 17+ or unset it"
+        )
     if not java or not Path(java).exists():
         raise TorchServeError(f"java not found. {fix}")
     out = subprocess.run([java, "-version"], capture_output=True, text=True, check=False)
@@ -209,6 +213,9 @@ def render_config(settings: ServerSettings, load_models: str) -> Path:
     return target
 
 
+DEFAULT_MODEL_KEYS = ("model_name", "version", "mar")
+
+
 def default_model_file(settings: ServerSettings) -> Path:
     return settings.root / "default_model.json"
 
@@ -218,16 +225,28 @@ def read_default_model(settings: ServerSettings) -> dict | None:
     path = default_model_file(settings)
     if not path.exists():
         return None
-    record = json.loads(path.read_text())
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        record = None  # truncated or not JSON: refused below like a record without its keys
+    if not isinstance(record, dict) or not all(isinstance(record.get(k), str) for k in DEFAULT_MODEL_KEYS):
+        raise TorchServeError(
+            f"{path} is unreadable (expected JSON with {', '.join(DEFAULT_MODEL_KEYS)}): delete it "
+            "(the server then starts with no model) or redeploy (make deploy) to rewrite it"
+        )
     return record if (settings.model_store / record["mar"]).exists() else None
+
+
+def _write_json(path: Path, data: dict) -> None:
+    """Write temp + rename: a crash mid-write never leaves a truncated file under the real name."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2))
+    tmp.replace(path)
 
 
 def write_default_model(settings: ServerSettings, model_name: str, version: str, mar: str) -> None:
     """Record the promoted version: the only one a fresh start will load."""
-    path = default_model_file(settings)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps({"model_name": model_name, "version": version, "mar": mar}))
-    tmp.replace(path)
+    _write_json(default_model_file(settings), {"model_name": model_name, "version": version, "mar": mar})
 
 
 def read_tokens(settings: ServerSettings) -> dict[str, str]:
@@ -267,10 +286,9 @@ def _healthy(settings: ServerSettings, timeout: float = 2.0) -> bool:
 
 def load_running(run_dir: Path | None = None) -> ServerSettings | None:
     """The server recorded in ``<run>/server.json`` if its process is alive and answers."""
-    path = (run_dir or default_run_dir()) / "server.json"
-    if not path.exists():
+    settings = _recorded(run_dir or default_run_dir())
+    if settings is None:
         return None
-    settings = ServerSettings(**json.loads(path.read_text()))
     if _pid_alive(settings.pid) and _healthy(settings):
         return settings
     return None
@@ -319,7 +337,7 @@ def start(
         cmd, cwd=root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
     )
     settings.pid = process.pid
-    (root / "server.json").write_text(json.dumps(asdict(settings), indent=2))
+    _write_json(root / "server.json", asdict(settings))
     try:
         _wait_until_up(settings, process, wait_s)
     except BaseException:
@@ -381,8 +399,19 @@ def stop(settings: ServerSettings | None = None, timeout: float = 30.0) -> bool:
 
 
 def _recorded(run_dir: Path) -> ServerSettings | None:
+    """The settings in ``<run>/server.json``; an unreadable file counts as no server recorded.
+
+    A truncated file (a crash, a full disk) must not turn ``status`` and ``stop``
+    into tracebacks; the warning names it so a still-running server can be found.
+    """
     path = run_dir / "server.json"
-    return ServerSettings(**json.loads(path.read_text())) if path.exists() else None
+    if not path.exists():
+        return None
+    try:
+        return ServerSettings(**json.loads(path.read_text()))
+    except (OSError, ValueError, TypeError) as exc:
+        logger.warning("ignoring unreadable %s (%s): treating it as no server recorded", path, exc)
+        return None
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,11 +6,13 @@ serving version test-1 for the other modules).
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -64,19 +66,35 @@ def test_failing_smoke_test_keeps_the_previous_default(run_dir, petimages_dir):
     client = _client(run_dir)
     assert client.default_version(MODEL_NAME) == "dep-1"
     assert "dep-bad" not in client.versions(MODEL_NAME)
+    # The rejected archive leaves the model store; the serving one stays.
+    assert not (run_dir / "model-store" / "catsdogs_dep-bad.mar").exists()
+    assert (run_dir / "model-store" / "catsdogs_dep-1.mar").exists()
     cat = (petimages_dir / "Cat" / "1.jpg").read_bytes()
     assert client.predict_raw(MODEL_NAME, cat).json()["model_version"] == "dep-1"
 
 
+def _with_model_file(mar: Path, bundle: dict, target: Path) -> Path:
+    """A copy of ``mar`` holding ``bundle`` as model.pt: packaging itself refuses a broken bundle."""
+    model_file = io.BytesIO()
+    torch.save(bundle, model_file)
+    with zipfile.ZipFile(mar) as source, zipfile.ZipFile(target, "w") as copy:
+        for item in source.infolist():
+            data = model_file.getvalue() if item.filename == "model.pt" else source.read(item)
+            copy.writestr(item, data)
+    return target
+
+
 def test_archive_whose_workers_cannot_load_is_refused(run_dir, petimages_dir, tmp_path):
     broken = fitted_tiny_bundle(petimages_dir, "dep-broken")
+    mar = build_mar(broken, tmp_path / "built")
     broken["state_dict"] = {k: v for k, v in broken["state_dict"].items() if "classifier" not in k}
-    mar = build_mar(broken, tmp_path)
     with pytest.raises(DeploymentError, match="registering"):
-        deploy_mar(mar, run_dir)
+        deploy_mar(_with_model_file(mar, broken, tmp_path / "catsdogs_dep-broken.mar"), run_dir)
     client = _client(run_dir)
     assert client.default_version(MODEL_NAME) == "dep-1"
     assert "dep-broken" not in client.versions(MODEL_NAME)
+    assert not (run_dir / "model-store" / "catsdogs_dep-broken.mar").exists()
+    assert (run_dir / "model-store" / "catsdogs_dep-1.mar").exists()
 
 
 @pytest.mark.slow  # a first ZenML run costs over a minute on 2 cores

@@ -85,3 +85,57 @@ def test_a_taken_port_is_named_with_the_fix_before_java_starts(tmp_path, monkeyp
     message = str(info.value)
     assert f"port {taken} is already in use" in message and "CATSDOGS_PORT=" in message
     assert not (tmp_path / "torchserve" / "server.json").exists()  # nothing recorded as running
+
+
+def test_java_home_without_java_names_java_home_not_apt(monkeypatch, tmp_path):
+    monkeypatch.setenv("JAVA_HOME", str(tmp_path))
+    with pytest.raises(torchserve_local.TorchServeError) as info:
+        torchserve_local.check_java()
+    message = str(info.value)
+    assert f"{tmp_path / 'bin' / 'java'} does not exist" in message and "unset it" in message
+    assert "apt-get" not in message and "\n" not in message
+
+
+@pytest.mark.parametrize("text", ['{"run_dir": "/x", "infer', "[]", '{"no_such_setting": 1}'])
+def test_unreadable_server_json_means_no_server_recorded(tmp_path, monkeypatch, caplog, text):
+    """status and stop must answer "not running" with a warning, not a JSONDecodeError traceback."""
+    monkeypatch.setenv("CATSDOGS_RUNS_DIR", str(tmp_path))
+    (tmp_path / "torchserve").mkdir()
+    (tmp_path / "torchserve" / "server.json").write_text(text)
+    assert torchserve_local.load_running() is None
+    assert torchserve_local.main(["status"]) == 1
+    assert torchserve_local.main(["stop"]) == 0
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert warnings and all("server.json" in w and "no server recorded" in w for w in warnings)
+
+
+@pytest.mark.parametrize("text", ['{"model_name": "catsdogs", "vers', "{}", '"catsdogs_1.mar"'])
+def test_unreadable_default_model_json_is_one_line_with_the_fix(tmp_path, text):
+    settings = torchserve_local.ServerSettings(run_dir=str(tmp_path))
+    (tmp_path / "default_model.json").write_text(text)
+    with pytest.raises(torchserve_local.TorchServeError) as info:
+        torchserve_local.read_default_model(settings)
+    message = str(info.value)
+    assert str(tmp_path / "default_model.json") in message and "delete it" in message
+    assert "redeploy" in message and "\n" not in message
+
+
+def test_start_refuses_an_unreadable_default_model_json(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CATSDOGS_RUNS_DIR", str(tmp_path))
+    monkeypatch.setattr(torchserve_local, "check_java", lambda: "java")
+    monkeypatch.setattr(torchserve_local, "check_ports_free", lambda settings: None)
+    monkeypatch.setattr(torchserve_local.subprocess, "Popen", None)  # must not get that far
+    (tmp_path / "torchserve").mkdir()
+    (tmp_path / "torchserve" / "default_model.json").write_text('{"model_na')
+    assert torchserve_local.main(["start"]) == 1
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 1 and "default_model.json is unreadable" in errors[0]
+
+
+def test_json_records_are_written_atomically(tmp_path):
+    settings = torchserve_local.ServerSettings(run_dir=str(tmp_path))
+    (tmp_path / "model-store").mkdir()
+    (tmp_path / "model-store" / "catsdogs_v1.mar").write_bytes(b"")
+    torchserve_local.write_default_model(settings, "catsdogs", "v1", "catsdogs_v1.mar")
+    assert torchserve_local.read_default_model(settings)["version"] == "v1"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["default_model.json", "model-store"]
