@@ -65,14 +65,7 @@ def free_port() -> int:
 
 def check_ports_free(settings: ServerSettings) -> None:
     """Refuse to start on a taken port: TorchServe would exit 0 with the reason only in its log."""
-    ports = (
-        settings.inference_port,
-        settings.management_port,
-        settings.metrics_port,
-        settings.grpc_inference_port,
-        settings.grpc_management_port,
-    )
-    for port in ports:
+    for port in settings.ports:
         with socket.socket() as sock:
             # Like the JVM's listener: a just-stopped server's TIME_WAIT sockets do not count.
             sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
@@ -150,6 +143,17 @@ class ServerSettings:
     @property
     def metrics_url(self) -> str:
         return f"http://127.0.0.1:{self.metrics_port}"
+
+    @property
+    def ports(self) -> tuple[int, ...]:
+        """All five ports TorchServe binds (gRPC included, though unused)."""
+        return (
+            self.inference_port,
+            self.management_port,
+            self.metrics_port,
+            self.grpc_inference_port,
+            self.grpc_management_port,
+        )
 
     @classmethod
     def local(cls, run_dir: str | Path | None = None, port: int | None = None) -> ServerSettings:
